@@ -1,0 +1,127 @@
+"""JSONL manifests: one JSON object a line with `path`, `text`, `speaker` for any other corpus.
+
+Optional keys: `utt_id` (default: the file stem), `split` ("adapt"/"train", "dev", "test"),
+`duration` (seconds), `start`/`end` (seconds, to cut a span of a longer file) and
+`sample_rate` (the rate the file is expected to have; default 16000). Relative paths are
+resolved against the manifest's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from collections.abc import Iterable, Iterator
+
+from pqm_jax.data import audio, corpora, issues
+
+REQUIRED = ("path", "text", "speaker")
+
+
+def list_entries(
+    path: str | os.PathLike,
+    *,
+    speakers: set[str] | None = None,
+    options: corpora.ReadOptions | None = None,
+    report: issues.InputReport | None = None,
+) -> list[corpora.Entry]:
+    """Entries of a manifest in file order, without reading audio.
+
+    Malformed lines, duplicate ids and missing audio files are reported and skipped.
+    """
+    options = options or corpora.ReadOptions()
+    report = issues.default(report)
+    path = pathlib.Path(path)
+    base = path.parent
+    seen: set[str] = set()
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            row = _parse(line, where, report)
+            if row is None:
+                continue
+            if speakers is not None and str(row["speaker"]) not in speakers:
+                continue
+            audio_path = pathlib.Path(row["path"])
+            audio_path = audio_path if audio_path.is_absolute() else base / audio_path
+            utt_id = str(row.get("utt_id") or audio_path.stem)
+            if utt_id in seen:
+                report.issue(
+                    issues.Kind.BAD_RECORD, issues.Action.SKIPPED, where, f"duplicate id {utt_id}"
+                )
+                continue
+            if not audio_path.is_file():
+                report.issue(
+                    issues.Kind.MISSING_AUDIO,
+                    issues.Action.SKIPPED,
+                    where,
+                    f"{audio_path} does not exist",
+                )
+                continue
+            seen.add(utt_id)
+            entry = corpora.make_entry(
+                utt_id,
+                str(row["speaker"]),
+                str(row["text"]),
+                (corpora.Segment(str(audio_path), row.get("start"), row.get("end")),),
+                options=options,
+                report=report,
+                name=f"{where} ({audio_path.name})",
+                expected_rate=int(row.get("sample_rate", audio.TARGET_RATE)),
+                duration=row.get("duration"),
+                split=row.get("split"),
+            )
+            if entry is not None:
+                entries.append(entry)
+    return entries
+
+
+def read(
+    path: str | os.PathLike,
+    *,
+    speakers: set[str] | None = None,
+    options: corpora.ReadOptions | None = None,
+    report: issues.InputReport | None = None,
+) -> Iterator[corpora.Utterance]:
+    """Yields the manifest's utterances with audio, in file order."""
+    options = options or corpora.ReadOptions()
+    report = issues.default(report)
+    entries = list_entries(path, speakers=speakers, options=options, report=report)
+    yield from corpora.iter_utterances(entries, options=options, report=report)
+
+
+def write(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Writes `rows` (dicts with at least path, text, speaker) as JSONL, atomically."""
+    tmp = f"{os.fspath(path)}.part"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            missing = [k for k in REQUIRED if k not in row]
+            if missing:
+                raise ValueError(f"manifest row lacks {missing}: {row}")
+            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _parse(line: str, where: str, report: issues.InputReport) -> dict | None:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        report.issue(issues.Kind.BAD_RECORD, issues.Action.SKIPPED, where, f"invalid JSON: {e}")
+        return None
+    if not isinstance(row, dict):
+        report.issue(issues.Kind.BAD_RECORD, issues.Action.SKIPPED, where, "not a JSON object")
+        return None
+    missing = [k for k in REQUIRED if row.get(k) is None]
+    if "path" in missing:
+        report.issue(issues.Kind.MISSING_AUDIO, issues.Action.SKIPPED, where, "no path")
+        return None
+    if "text" in missing:
+        report.issue(issues.Kind.EMPTY_TRANSCRIPT, issues.Action.SKIPPED, where, "no text")
+        return None
+    if missing:
+        report.issue(issues.Kind.BAD_RECORD, issues.Action.SKIPPED, where, f"no {missing}")
+        return None
+    return row

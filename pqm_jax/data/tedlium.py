@@ -1,0 +1,128 @@
+"""TED-LIUM 3: segments listed in `stm/*.stm` and cut from whole talks in `sph/*.sph`.
+
+The speaker is the talk. STM lines read `talk channel speaker start end <label> words...`;
+segments whose words are `ignore_time_segment_in_scoring` are dropped (not an input problem).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Iterator
+
+from pqm_jax.data import corpora, issues
+
+IGNORE = "ignore_time_segment_in_scoring"
+
+
+def normalise(words: str) -> str:
+    """TED-LIUM tokenisation -> plain text: drops `<unk>`, re-attaches split clitics ("it 's")."""
+    out: list[str] = []
+    for w in words.split():
+        if w == "<unk>":
+            continue
+        if w.startswith("'") and out:
+            out[-1] += w
+        else:
+            out.append(w)
+    return " ".join(out)
+
+
+def list_entries(
+    root: str | os.PathLike,
+    *,
+    speakers: set[str] | None = None,
+    normalise_text: bool = True,
+    options: corpora.ReadOptions | None = None,
+    report: issues.InputReport | None = None,
+) -> list[corpora.Entry]:
+    """Lists segments under `root` (a folder holding `stm/` and `sph/`, at any depth), sorted by
+    talk and start time, without reading audio.
+
+    A talk whose `.sph` is missing is reported (all its segments skipped); a `.sph` without an
+    `.stm` is reported too. Malformed STM lines are reported and skipped.
+    """
+    options = options or corpora.ReadOptions()
+    report = issues.default(report)
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"TED-LIUM root {root} is not a directory")
+    sph = {p.stem: p for p in sorted(root.rglob("*.sph"))}
+    stms = sorted(root.rglob("*.stm"))
+    talks_with_stm = {p.stem for p in stms}
+    for talk in sorted(set(sph) - talks_with_stm):
+        report.issue(issues.Kind.MISSING_TRANSCRIPT, issues.Action.SKIPPED, sph[talk], "no .stm")
+    entries = []
+    for stm in stms:
+        if speakers is not None and stm.stem not in speakers:
+            continue
+        rows = list(_parse_stm(stm, report))
+        if stm.stem not in sph:
+            if rows:
+                report.issue(
+                    issues.Kind.MISSING_AUDIO,
+                    issues.Action.SKIPPED,
+                    stm,
+                    f"no {stm.stem}.sph; {len(rows)} segments",
+                )
+            continue
+        path = str(sph[stm.stem])
+        for talk, start, end, words in rows:
+            utt_id = f"{talk}-{round(start * 100):07d}-{round(end * 100):07d}"
+            entry = corpora.make_entry(
+                utt_id,
+                talk,
+                normalise(words) if normalise_text else words,
+                (corpora.Segment(path, start, end),),
+                options=options,
+                report=report,
+                name=f"{stm} [{utt_id}]",
+                duration=end - start,
+            )
+            if entry is not None:
+                entries.append(entry)
+    return sorted(entries, key=lambda e: (e.speaker, e.segments[0].start_s))
+
+
+def read(
+    root: str | os.PathLike,
+    *,
+    speakers: set[str] | None = None,
+    normalise_text: bool = True,
+    options: corpora.ReadOptions | None = None,
+    report: issues.InputReport | None = None,
+) -> Iterator[corpora.Utterance]:
+    """Yields TED-LIUM segments with audio (each talk decoded once), sorted by talk and time."""
+    options = options or corpora.ReadOptions()
+    report = issues.default(report)
+    entries = list_entries(
+        root, speakers=speakers, normalise_text=normalise_text, options=options, report=report
+    )
+    yield from corpora.iter_utterances(entries, options=options, report=report)
+
+
+def _parse_stm(
+    path: pathlib.Path, report: issues.InputReport
+) -> Iterator[tuple[str, float, float, str]]:
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip() or line.startswith(";;"):
+                continue
+            cols = line.split(maxsplit=6)
+            try:
+                talk, start, end = cols[0], float(cols[3]), float(cols[4])
+            except (IndexError, ValueError):
+                report.issue(issues.Kind.BAD_RECORD, issues.Action.SKIPPED, f"{path}:{n}")
+                continue
+            words = cols[6] if len(cols) > 6 and cols[5].startswith("<") else " ".join(cols[5:])
+            if words.strip() == IGNORE:
+                continue
+            if end <= start:
+                report.issue(
+                    issues.Kind.BAD_RECORD,
+                    issues.Action.SKIPPED,
+                    f"{path}:{n}",
+                    f"end {end} <= start {start}",
+                )
+                continue
+            yield talk, start, end, words.strip()
