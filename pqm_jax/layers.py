@@ -1,0 +1,91 @@
+"""The single place where a weight meets an input.
+
+Every projection of every model calls `dense`; the weight may be a plain array or any registered
+`QuantizedTensor`, and an optional LoRA adapter adds its low-rank branch without ever forming
+`W + s*B@A`. Quantisation and adaptation are therefore data, not model code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pqm_jax import lora as lora_lib
+from pqm_jax.quant import base
+
+
+def weight(w: Any, dtype: Any) -> jax.Array:
+    """Dense view of a weight in `dtype`: table-lookup dequantisation for quantised tensors.
+
+    Raises:
+      TypeError: for a weight that is neither an array nor a registered quantised tensor.
+    """
+    if isinstance(w, base.QuantizedTensor):
+        return w.dequantize(dtype)
+    if isinstance(w, jax.Array | np.ndarray):
+        return jnp.asarray(w, dtype)
+    raise TypeError(
+        f"dense(): unsupported weight type {type(w).__name__}; expected a jax/numpy array or a "
+        f"QuantizedTensor of a registered scheme ({', '.join(base.registered_schemes())})."
+    )
+
+
+def dense(
+    x: jax.Array,
+    w: Any,
+    lora: lora_lib.LoraWeights | None = None,
+    *,
+    bias: jax.Array | None = None,
+    rng: jax.Array | None = None,
+) -> jax.Array:
+    """y = x @ W (+ bias) + scale * dropout(x) @ A @ B.
+
+    Args:
+      x: [..., in] activations; the computation runs in x.dtype.
+      w: [in, out] array or QuantizedTensor of logical shape [in, out].
+      lora: optional adapter with a: [in, r], b: [r, out]; or a per-example bank with a: [batch, in,
+        r], b: [batch, r, out] where batch is x's leading axis (each row uses its own adapter).
+      bias: optional [out].
+      rng: PRNG key for LoRA dropout; without it (inference) dropout is off.
+
+    Returns:
+      [..., out] in x.dtype.
+    """
+    y = x @ weight(w, x.dtype)
+    if lora is not None:
+        y = y + lora_lib.branch(x, lora, rng=rng)
+    if bias is not None:
+        y = y + bias.astype(x.dtype)
+    return y
+
+
+def embed(ids: jax.Array, table: Any, dtype: Any = jnp.float32) -> jax.Array:
+    """Rows of an [vocab, d] embedding table (plain or quantised) for integer `ids` [...]."""
+    if isinstance(table, base.QuantizedTensor):
+        return table.dequantize(dtype)[ids]
+    return weight(table, dtype)[ids]
+
+
+def attend(x: jax.Array, table: Any) -> jax.Array:
+    """Logits against a tied embedding table: x [..., d] @ table[vocab, d].T -> [..., vocab]."""
+    return x @ weight(table, x.dtype).T
+
+
+def conv1d(
+    x: jax.Array, w: Any, *, bias: jax.Array | None = None, stride: int = 1, padding: int = 0
+) -> jax.Array:
+    """1-D convolution, channels last: x [batch, time, in], w [width, in, out] (maybe quantised)."""
+    k = weight(w, x.dtype)
+    y = jax.lax.conv_general_dilated(
+        x,
+        k,
+        window_strides=(stride,),
+        padding=[(padding, padding)],
+        dimension_numbers=("NWC", "WIO", "NWC"),
+    )
+    if bias is not None:
+        y = y + bias.astype(x.dtype)
+    return y

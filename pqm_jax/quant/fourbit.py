@@ -1,0 +1,174 @@
+"""Shared machinery of bitsandbytes-style block-wise 4-bit schemes (NF4, FP4).
+
+Quantisation, exactly as bitsandbytes does it on CPU:
+  1. flatten row-major, cut into blocks of `block_size` (the last one may be partial);
+  2. absmax = max |x| per block (float32);
+  3. scale: full blocks multiply by the float32 reciprocal `x * (1 / absmax)`, the partial last block
+     divides `x / absmax` (bitsandbytes does both; they differ in rare last-bit cases);
+  4. clip to [-1, 1], pick the nearest code (ties go to the lower code);
+  5. pack two codes a byte, element 2j in the high nibble; an odd length pads a zero value.
+Optional double quantisation stores the per-block absmax as 8-bit codes of the signed dynamic map,
+in blocks of 256, around their mean.
+
+Dequantisation is a table lookup: one gather of a [256, 2] byte->pair table, then a multiply by the
+block's absmax.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from pqm_jax.quant import base
+
+BLOCK_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+ABSMAX_BLOCK = 256  # block size of the second-level (double) quantisation, as bitsandbytes
+_TINY = np.float32(1e-38)  # bitsandbytes clamps absmax to this before taking its reciprocal
+
+
+def dynamic_map_signed() -> np.ndarray:
+    """The 256 sorted values of bitsandbytes' signed dynamic 8-bit map (float32).
+
+    Exponent e in 0..6 selects a decade 10^(e-6); a linear fraction grid of 2^e + 1 boundaries on
+    [0.1, 1] gives 2^e midpoints per decade, mirrored for the negative half; then 0 and 1.0 are
+    added and the list is padded with zeros to 256 entries.
+    """
+    values: list[float] = []
+    for e in range(7):
+        bounds = np.linspace(0.1, 1.0, 2**e + 1, dtype=np.float32)
+        mids = ((bounds[:-1] + bounds[1:]) / np.float32(2.0)).astype(np.float32)
+        decade = 10.0 ** (e - 6)
+        values += [decade * float(m) for m in mids]
+        values += [-decade * float(m) for m in mids]
+    values += [0.0, 1.0]
+    values += [0.0] * (256 - len(values))
+    return np.sort(np.asarray(values, dtype=np.float32))
+
+
+_DYNAMIC = dynamic_map_signed()
+
+
+def _nearest_sorted(v: jax.Array, table: np.ndarray) -> jax.Array:
+    """Index of the nearest entry of an ascending `table`; ties go to the lower index.
+
+    Equals `searchsorted(midpoints, v, side="left")`: the count of midpoints strictly below v.
+    """
+    t = table.astype(np.float32)
+    mids = jnp.asarray((t[:-1] + t[1:]) / np.float32(2.0))
+    return jnp.searchsorted(mids, v, side="left", method="compare_all").astype(jnp.uint8)
+
+
+def _pair_table(table: np.ndarray) -> np.ndarray:
+    """[256, 2] float32: byte b -> (table[b >> 4], table[b & 15])."""
+    b = np.arange(256)
+    return np.stack([table[b >> 4], table[b & 15]], axis=-1).astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("block_size", "sorted_table", "order"))
+def _quantize_flat(
+    flat: jax.Array, *, block_size: int, sorted_table: tuple[float, ...], order: tuple[int, ...]
+) -> tuple[jax.Array, jax.Array]:
+    """flat float32 [n] -> (packed uint8 [ceil(n/2)], absmax float32 [ceil(n/block_size)])."""
+    n = flat.shape[0]
+    n_blocks = -(-n // block_size)
+    rem = n % block_size
+    blocks = jnp.pad(flat, (0, n_blocks * block_size - n)).reshape(n_blocks, block_size)
+    absmax = jnp.max(jnp.abs(blocks), axis=1)
+    clamped = jnp.maximum(absmax, _TINY)
+    scaled = blocks * (jnp.float32(1.0) / clamped)[:, None]
+    if rem:
+        scaled = scaled.at[-1].set(blocks[-1] / clamped[-1])
+        absmax = absmax.at[-1].set(clamped[-1])
+    scaled = jnp.clip(scaled, -1.0, 1.0).reshape(-1)[: n + (n % 2)]
+    idx = _nearest_sorted(scaled, np.asarray(sorted_table, np.float32))
+    if order != tuple(range(16)):
+        idx = jnp.asarray(np.asarray(order, np.uint8))[idx]
+    pairs = idx.reshape(-1, 2)
+    return (pairs[:, 0] << 4) | pairs[:, 1], absmax
+
+
+@functools.partial(jax.jit, static_argnames=("block",))
+def _quantize_absmax(absmax: jax.Array, *, block: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Double quantisation: absmax [m] -> (uint8 codes [m], float32 scales, float32 offset)."""
+    offset = jnp.mean(absmax)
+    v = absmax - offset
+    m = v.shape[0]
+    nb = -(-m // block)
+    vb = jnp.pad(v, (0, nb * block - m)).reshape(nb, block)
+    scale = jnp.max(jnp.abs(vb), axis=1)
+    scaled = vb * (jnp.float32(1.0) / jnp.maximum(scale, _TINY))[:, None]
+    codes = _nearest_sorted(jnp.clip(scaled, -1.0, 1.0).reshape(-1)[:m], _DYNAMIC)
+    return codes, scale, offset
+
+
+def _dequantize_absmax(codes: jax.Array, scale: jax.Array, offset: jax.Array) -> jax.Array:
+    m = codes.shape[0]
+    idx = jnp.arange(m) // ABSMAX_BLOCK
+    return jnp.asarray(_DYNAMIC)[codes] * scale[idx] + offset
+
+
+class FourBitTensor(base.QuantizedTensor):
+    """Fields shared by the block-wise 4-bit schemes; subclasses set `TABLE` (16 code values).
+
+    Children: `codes` uint8 [ceil(n/2)]; `absmax` float32 [n_blocks] (uint8 codes with double
+    quantisation); `absmax_scale` float32 [ceil(n_blocks/256)] and `absmax_offset` float32 [] with
+    double quantisation, else None. Static: `shape`, `block_size`, `dtype`.
+    """
+
+    TABLE: ClassVar[np.ndarray]
+
+    def absmax_f32(self) -> jax.Array:
+        """Per-block absmax in float32 (decoded from its 8-bit codes under double quantisation)."""
+        if self.absmax_scale is None:
+            return self.absmax
+        return _dequantize_absmax(self.absmax, self.absmax_scale, self.absmax_offset)
+
+    @property
+    def double_quant(self) -> bool:
+        return self.absmax_scale is not None
+
+    def dequantize(self, dtype: Any = jnp.float32) -> jax.Array:
+        n = math.prod(self.shape)
+        vals = jnp.asarray(_pair_table(self.TABLE))[self.codes].reshape(-1)
+        absmax = self.absmax_f32()
+        total = absmax.shape[-1] * self.block_size
+        vals = jnp.pad(vals[:n], (0, total - n)).reshape(-1, self.block_size)
+        out = (vals * absmax[:, None]).reshape(-1)[:n]
+        return out.reshape(self.shape).astype(dtype)
+
+
+def quantize_into(
+    cls: type, x: Any, *, block_size: int, double_quant: bool, sorted_table: np.ndarray, order
+) -> Any:
+    """Quantises `x` into an instance of the FourBitTensor dataclass `cls`."""
+    base.check_block_size(block_size, BLOCK_SIZES)
+    base.check_finite(x, f"a {cls.__name__} input")
+    shape = tuple(int(d) for d in np.shape(x))
+    if math.prod(shape) == 0:
+        raise ValueError(f"cannot quantise an empty array of shape {shape}")
+    dtype = jnp.dtype(getattr(x, "dtype", jnp.float32)).name
+    flat = jnp.asarray(x, jnp.float32).reshape(-1)
+    codes, absmax = _quantize_flat(
+        flat,
+        block_size=block_size,
+        sorted_table=tuple(float(v) for v in sorted_table),
+        order=tuple(int(i) for i in order),
+    )
+    scale = offset = None
+    if double_quant:
+        absmax, scale, offset = _quantize_absmax(absmax, block=ABSMAX_BLOCK)
+    return cls(
+        codes=codes,
+        absmax=absmax,
+        absmax_scale=scale,
+        absmax_offset=offset,
+        shape=shape,
+        block_size=block_size,
+        dtype=dtype,
+    )

@@ -1,0 +1,111 @@
+"""Quantising whole parameter pytrees, selected by path, and measuring their stored size."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from pqm_jax.quant import base
+
+
+def path_str(path: tuple) -> str:
+    """'encoder/layers_0/self_attn/q_proj/kernel' from a jax key path."""
+    parts = []
+    for k in path:
+        if isinstance(k, jax.tree_util.DictKey):
+            parts.append(str(k.key))
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            parts.append(str(k.idx))
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            parts.append(k.name)
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def match_any(patterns: Iterable[str]) -> Callable[[str], bool]:
+    """A path predicate: true when any regular expression in `patterns` matches (re.search)."""
+    compiled = [re.compile(p) for p in patterns]
+    return lambda path: any(c.search(path) for c in compiled)
+
+
+@struct.dataclass
+class Transposed(base.QuantizedTensor):
+    """A quantised tensor stored transposed: `inner` holds w.T of a 2-D kernel w.
+
+    Flax kernels are [in, out]; PyTorch (and bitsandbytes' `Linear4bit`) quantise [out, in], so
+    blocks run along the input dimension. Quantising the transpose makes our blocks (and so our
+    codes) identical to bitsandbytes' for the same layer.
+    """
+
+    inner: Any
+
+    @property
+    def shape(self) -> tuple[int, ...]:  # type: ignore[override]
+        return tuple(reversed(self.inner.shape))
+
+    @property
+    def dtype(self) -> str:
+        return self.inner.dtype
+
+    def dequantize(self, dtype: Any = jnp.float32) -> jax.Array:
+        return self.inner.dequantize(dtype).T
+
+
+def quantize_tree(
+    params: Any,
+    predicate: Callable[[str], bool],
+    scheme: str = "nf4",
+    *,
+    torch_layout: bool = True,
+    min_size: int = 0,
+    **options: Any,
+) -> Any:
+    """Quantises every array leaf whose path satisfies `predicate`; other leaves pass through.
+
+    Args:
+      params: a pytree of arrays (nested dicts).
+      predicate: `predicate(path_str) -> bool`, e.g. `match_any([r"_proj/kernel$", r"fc\\d/kernel$"])`.
+      scheme: a registered scheme name.
+      torch_layout: quantise 2-D kernels transposed ([out, in], as bitsandbytes' Linear4bit does);
+        the result dequantises to the original [in, out] array.
+      min_size: leave arrays with fewer elements than this in full precision.
+      **options: scheme options (block_size, double_quant, ...).
+    """
+
+    def visit(path, leaf):
+        p = path_str(path)
+        if base.is_quantized(leaf) or not predicate(p) or math.prod(np.shape(leaf)) < min_size:
+            return leaf
+        if torch_layout and np.ndim(leaf) == 2:
+            return Transposed(inner=base.quantize(jnp.asarray(leaf).T, scheme, **options))
+        return base.quantize(leaf, scheme, **options)
+
+    return jax.tree_util.tree_map_with_path(visit, params, is_leaf=base.is_quantized)
+
+
+def dequantize_tree(params: Any, dtype: Any = jnp.float32) -> Any:
+    """Every quantised leaf replaced by its dense array."""
+    return jax.tree.map(
+        lambda w: base.dequantize(w, dtype) if base.is_quantized(w) else w,
+        params,
+        is_leaf=base.is_quantized,
+    )
+
+
+def tree_nbytes(tree: Any) -> int:
+    """Bytes of every stored array in `tree` (codes, scales, dense arrays alike)."""
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def tree_num_params(tree: Any) -> int:
+    """Logical parameter count: a quantised tensor counts its logical elements, not its bytes."""
+    leaves = jax.tree.leaves(tree, is_leaf=base.is_quantized)
+    return sum(math.prod(x.shape) for x in leaves)
