@@ -1,0 +1,250 @@
+"""Synthetic speakers: espeak-ng voices (accent x variant x pitch x rate) reading text.
+
+The engine is `libespeak-ng` from the PyPI package `espeakng-loader` (library + voice data, no
+system package), driven through ctypes in synchronous mode; the `espeak-ng` command-line
+program is used only if the library cannot be loaded and the program is installed. Rendering
+writes 16 kHz WAVs plus a `manifest.jsonl` (see `manifest`) into a folder, skips files already
+rendered (resumable), and is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import itertools
+import multiprocessing
+import os
+import pathlib
+import re
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+import soundfile
+
+from pqm_jax.data import audio, espeak, issues, manifest, text
+
+ACCENTS = (
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-029",
+    "en-gb-x-rp",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-us-nyc",
+)
+VARIANTS = ("", *(f"m{i}" for i in range(1, 8)), *(f"f{i}" for i in range(1, 6)))
+REFERENCE_VOICES = ("en-gb-scotland", "en-029", "en-gb+m7", "en-us+f2")
+
+
+@dataclasses.dataclass(frozen=True)
+class Voice:
+    """An espeak-ng voice setting = one synthetic speaker.
+
+    Attributes:
+      name: espeak voice, optionally with a variant: "en-gb-scotland", "en-us+f2".
+      pitch: base pitch 0-99 (espeak default 50).
+      rate: speaking rate in words per minute (espeak default 175).
+    """
+
+    name: str
+    pitch: int = espeak.DEFAULT_PITCH
+    rate: int = espeak.DEFAULT_RATE
+
+    @property
+    def speaker(self) -> str:
+        """Speaker id: the voice name, plus pitch/rate when they are not espeak's defaults."""
+        if (self.pitch, self.rate) == (espeak.DEFAULT_PITCH, espeak.DEFAULT_RATE):
+            return self.name
+        return f"{self.name}_p{self.pitch}_r{self.rate}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One utterance to render."""
+
+    utt_id: str
+    voice: Voice
+    text: str
+    split: str | None = None
+
+
+def voice_grid(
+    accents: Sequence[str] = ACCENTS,
+    variants: Sequence[str] = VARIANTS,
+    pitches: Sequence[int] = (espeak.DEFAULT_PITCH,),
+    rates: Sequence[int] = (espeak.DEFAULT_RATE,),
+) -> list[Voice]:
+    """Every combination accent x variant x pitch x rate ("" = the accent's own voice)."""
+    return [
+        Voice(f"{a}+{v}" if v else a, pitch=p, rate=r)
+        for a, v, p, r in itertools.product(accents, variants, pitches, rates)
+    ]
+
+
+def sample_voices(
+    n: int,
+    *,
+    seed: int,
+    accents: Sequence[str] = ACCENTS,
+    variants: Sequence[str] = VARIANTS,
+    pitch_range: tuple[int, int] = (25, 75),
+    rate_range: tuple[int, int] = (130, 220),
+) -> list[Voice]:
+    """`n` distinct voices drawn uniformly (integer pitch and rate), deterministic for `seed`."""
+    space = len(accents) * len(variants) * (pitch_range[1] - pitch_range[0] + 1)
+    space *= rate_range[1] - rate_range[0] + 1
+    if n > space:
+        raise ValueError(f"only {space} distinct voices in this space, asked for {n}")
+    rng = np.random.default_rng(seed)
+    out: dict[str, Voice] = {}
+    while len(out) < n:
+        a, v = str(rng.choice(accents)), str(rng.choice(variants))
+        voice = Voice(
+            f"{a}+{v}" if v else a,
+            pitch=int(rng.integers(pitch_range[0], pitch_range[1] + 1)),
+            rate=int(rng.integers(rate_range[0], rate_range[1] + 1)),
+        )
+        out.setdefault(voice.speaker, voice)
+    return list(out.values())
+
+
+def plan(
+    voices: Sequence[Voice],
+    sentences: Sequence[str],
+    *,
+    counts: dict[str, int],
+    seed: int = 0,
+    disjoint: bool = True,
+) -> list[Job]:
+    """Assigns sentences to voices: `counts` per split per voice (e.g. adapt 48, dev 12, test 30).
+
+    Sentences are permuted with `seed`. With `disjoint`, every voice reads its own sentences
+    (disjoint across voices and across splits; needs len(voices) * sum(counts) sentences);
+    otherwise each voice draws its own seeded permutation, so splits stay disjoint within a
+    voice but sentences may repeat across voices.
+    """
+    per_voice = sum(counts.values())
+    if per_voice > len(sentences) or (disjoint and per_voice * len(voices) > len(sentences)):
+        need = per_voice * (len(voices) if disjoint else 1)
+        raise ValueError(f"need {need} sentences, got {len(sentences)}")
+    order = np.random.default_rng(seed).permutation(len(sentences))
+    jobs = []
+    for k, voice in enumerate(voices):
+        if disjoint:
+            mine = order[k * per_voice : (k + 1) * per_voice]
+        else:
+            sub = np.random.default_rng([seed, zlib.crc32(voice.speaker.encode())])
+            mine = sub.permutation(len(sentences))[:per_voice]
+        start = 0
+        for split, n in counts.items():
+            for i, j in enumerate(mine[start : start + n]):
+                utt_id = f"{voice.speaker}-{split}-{i:04d}"
+                jobs.append(Job(utt_id=utt_id, voice=voice, text=sentences[j], split=split))
+            start += n
+    return jobs
+
+
+def synthesize(voice: Voice, words: str, *, target_rate: int = audio.TARGET_RATE) -> np.ndarray:
+    """Renders `words` with `voice` in this process: float32 [samples] at `target_rate`."""
+    samples, rate = espeak.engine().synthesize(
+        words, voice.name, pitch=voice.pitch, rate=voice.rate
+    )
+    return audio.resample(samples.astype(np.float32) / 32768.0, rate, target_rate)
+
+
+def render(
+    jobs: Sequence[Job],
+    out_dir: str | os.PathLike,
+    *,
+    workers: int = 1,
+    target_rate: int = audio.TARGET_RATE,
+    report: issues.InputReport | None = None,
+) -> pathlib.Path:
+    """Renders `jobs` into `out_dir/wav/{speaker}/{utt_id}.wav` and writes `out_dir/manifest.jsonl`.
+
+    WAVs that already exist are kept (resumable; files are written atomically). `workers > 1`
+    renders in that many processes (espeak-ng is one engine per process). Returns the manifest
+    path. An utterance that renders to no audio is reported and left out.
+    """
+    report = issues.default(report)
+    out_dir = pathlib.Path(out_dir)
+    names = {v.name for v in {j.voice for j in jobs}}
+    for name in sorted(names):
+        espeak.engine().check_voice(name)
+    ids = [j.utt_id for j in jobs]
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplicate utterance ids in jobs")
+    todo = []
+    for job in jobs:
+        path = _wav_path(out_dir, job)
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            todo.append((job, str(path)))
+    if workers > 1 and len(todo) > 1:
+        ctx = multiprocessing.get_context("spawn")  # JAX may hold threads: never fork
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            chunk = max(1, len(todo) // (workers * 8))
+            list(pool.map(_render_to, todo, itertools.repeat(target_rate), chunksize=chunk))
+    else:
+        for item in todo:
+            _render_to(item, target_rate)
+    rows = []
+    for job in jobs:
+        path = _wav_path(out_dir, job)
+        frames = soundfile.info(str(path)).frames if path.is_file() else 0
+        if frames == 0:
+            report.issue(issues.Kind.EMPTY_AUDIO, issues.Action.SKIPPED, path, repr(job.text))
+            continue
+        rows.append(
+            dict(
+                path=str(path.relative_to(out_dir)),
+                text=job.text,
+                speaker=job.voice.speaker,
+                utt_id=job.utt_id,
+                split=job.split,
+                duration=round(frames / target_rate, 4),
+                voice=job.voice.name,
+                pitch=job.voice.pitch,
+                rate=job.voice.rate,
+            )
+        )
+    manifest_path = out_dir / "manifest.jsonl"
+    manifest.write(manifest_path, rows)
+    return manifest_path
+
+
+def reference_corpus(
+    out_dir: str | os.PathLike,
+    transcript_path: str | os.PathLike | None = None,
+    *,
+    voices: Sequence[str] = REFERENCE_VOICES,
+    counts: dict[str, int] | None = None,
+    seed: int = 0,
+    workers: int = 1,
+    report: issues.InputReport | None = None,
+) -> pathlib.Path:
+    """The reference synthetic corpus: each voice reads 48 adapt + 12 dev + 30 test sentences of
+    6-30 words, disjoint across voices and splits, from a LibriSpeech transcript file (e.g.
+    `dev-clean.trans.txt`) or, without one, from `text.generate_sentences`."""
+    counts = counts or {"adapt": 48, "dev": 12, "test": 30}
+    need = len(voices) * sum(counts.values())
+    if transcript_path is not None:
+        rows = text.read_transcript_file(transcript_path)
+        sentences = text.select_sentences([t for _, t in rows], min_words=6, max_words=30)
+    else:
+        sentences = text.generate_sentences(need, seed=seed, min_words=6, max_words=30)
+    jobs = plan([Voice(v) for v in voices], sentences, counts=counts, seed=seed)
+    return render(jobs, out_dir, workers=workers, report=report)
+
+
+def _wav_path(out_dir: pathlib.Path, job: Job) -> pathlib.Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", job.voice.speaker)
+    return out_dir / "wav" / safe / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', job.utt_id)}.wav"
+
+
+def _render_to(item: tuple[Job, str], target_rate: int) -> None:
+    job, path = item
+    wave = synthesize(job.voice, job.text, target_rate=target_rate)
+    audio.write_wav(path, wave, target_rate)
