@@ -51,7 +51,7 @@ def dynamic_map_signed() -> np.ndarray:
     return np.sort(np.asarray(values, dtype=np.float32))
 
 
-_DYNAMIC = dynamic_map_signed()
+DYNAMIC_MAP = dynamic_map_signed()
 
 
 def _nearest_sorted(v: jax.Array, table: np.ndarray) -> jax.Array:
@@ -80,11 +80,17 @@ def _quantize_flat(
     rem = n % block_size
     blocks = jnp.pad(flat, (0, n_blocks * block_size - n)).reshape(n_blocks, block_size)
     absmax = jnp.max(jnp.abs(blocks), axis=1)
-    clamped = jnp.maximum(absmax, _TINY)
-    scaled = blocks * (jnp.float32(1.0) / clamped)[:, None]
+    # bitsandbytes clamps absmax to 1e-38 before the reciprocal. XLA flushes subnormals (1e-38 is
+    # one) to zero, so a zero block would give 0 * inf = NaN: zero (or subnormal) blocks are
+    # scaled to exactly 0 instead, which is what bitsandbytes gets for an all-zero block.
+    live = absmax > 0
+    safe = jnp.where(live, absmax, 1.0)
+    scaled = jnp.where(live[:, None], blocks * (jnp.float32(1.0) / safe)[:, None], 0.0)
     if rem:
-        scaled = scaled.at[-1].set(blocks[-1] / clamped[-1])
-        absmax = absmax.at[-1].set(clamped[-1])
+        scaled = scaled.at[-1].set(jnp.where(live[-1], blocks[-1] / safe[-1], 0.0))
+        # bitsandbytes stores the clamped value for the partial last block: 1e-38 when it is zero.
+        tiny = jax.lax.bitcast_convert_type(jnp.uint32(_TINY.view(np.uint32)), jnp.float32)
+        absmax = absmax.at[-1].set(jnp.where(live[-1], absmax[-1], tiny))
     scaled = jnp.clip(scaled, -1.0, 1.0).reshape(-1)[: n + (n % 2)]
     idx = _nearest_sorted(scaled, np.asarray(sorted_table, np.float32))
     if order != tuple(range(16)):
@@ -102,15 +108,16 @@ def _quantize_absmax(absmax: jax.Array, *, block: int) -> tuple[jax.Array, jax.A
     nb = -(-m // block)
     vb = jnp.pad(v, (0, nb * block - m)).reshape(nb, block)
     scale = jnp.max(jnp.abs(vb), axis=1)
-    scaled = vb * (jnp.float32(1.0) / jnp.maximum(scale, _TINY))[:, None]
-    codes = _nearest_sorted(jnp.clip(scaled, -1.0, 1.0).reshape(-1)[:m], _DYNAMIC)
+    live = scale > 0
+    scaled = jnp.where(live[:, None], vb * (1.0 / jnp.where(live, scale, 1.0))[:, None], 0.0)
+    codes = _nearest_sorted(jnp.clip(scaled, -1.0, 1.0).reshape(-1)[:m], DYNAMIC_MAP)
     return codes, scale, offset
 
 
 def _dequantize_absmax(codes: jax.Array, scale: jax.Array, offset: jax.Array) -> jax.Array:
     m = codes.shape[0]
     idx = jnp.arange(m) // ABSMAX_BLOCK
-    return jnp.asarray(_DYNAMIC)[codes] * scale[idx] + offset
+    return jnp.asarray(DYNAMIC_MAP)[codes] * scale[idx] + offset
 
 
 class FourBitTensor(base.QuantizedTensor):
