@@ -1,0 +1,114 @@
+"""Transformer pieces shared by the Whisper encoder and decoder: layer norm, GELU MLP, attention.
+
+All functions are pure: `f(params, inputs)` with params as nested dicts (HF names, kernels [in,
+out]) whose kernels may be quantised, and an optional LoRA subtree mirroring the params nesting.
+Every projection goes through `layers.dense`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from pqm_jax import layers
+from pqm_jax import lora as lora_lib
+
+LN_EPS = 1e-5
+
+
+def fold(rng: jax.Array | None, *names: str | int) -> jax.Array | None:
+    """A key derived from `rng` and a call-site name (None stays None: dropout off)."""
+    if rng is None:
+        return None
+    for n in names:
+        rng = jax.random.fold_in(rng, n if isinstance(n, int) else zlib.crc32(n.encode()))
+    return rng
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    """Inverted dropout; identity when `rng` is None or `rate` is 0."""
+    if rng is None or rate <= 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def layer_norm(p: dict, x: jax.Array) -> jax.Array:
+    """LayerNorm over the last axis (eps 1e-5), statistics in float32, result in x.dtype."""
+    h = x.astype(jnp.float32)
+    mean = h.mean(-1, keepdims=True)
+    var = jnp.square(h - mean).mean(-1, keepdims=True)
+    h = (h - mean) * jax.lax.rsqrt(var + LN_EPS)
+    h = h * layers.weight(p["scale"], jnp.float32) + layers.weight(p["bias"], jnp.float32)
+    return h.astype(x.dtype)
+
+
+def proj(p: dict, x: jax.Array, lora: Any, rng: jax.Array | None, name: str) -> jax.Array:
+    """`layers.dense` on module `p[name]` with the adapter `lora[name]` (if any)."""
+    m = p[name]
+    return layers.dense(
+        x, m["kernel"], lora_lib.sub(lora, name), bias=m.get("bias"), rng=fold(rng, name)
+    )
+
+
+def mlp(p: dict, x: jax.Array, lora: Any, rng: jax.Array | None, rate: float) -> jax.Array:
+    """fc2(dropout(gelu(fc1(x)))) with exact (erf) GELU, as HF/openai Whisper. x: [B, T, d]."""
+    h = jax.nn.gelu(proj(p, x, lora, rng, "fc1"), approximate=False)
+    h = dropout(h, rate, fold(rng, "act"))
+    return proj(p, h, lora, rng, "fc2")
+
+
+def split_heads(x: jax.Array, heads: int) -> jax.Array:
+    """[B, T, d] -> [B, T, heads, d // heads]."""
+    b, t, d = x.shape
+    return x.reshape(b, t, heads, d // heads)
+
+
+def attend(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *, heads: int
+) -> jax.Array:
+    """Softmax attention over projected queries that are already scaled by head_dim**-0.5.
+
+    Args:
+      q: [B, Tq, d] queries (HF scales the q projection before the dot product; so do we).
+      k, v: [B, Tk, d].
+      mask: boolean, broadcastable to [B, heads, Tq, Tk] (True = may attend), or None.
+      heads: number of attention heads.
+
+    Returns:
+      [B, Tq, d]; scores and softmax in float32, output in v.dtype.
+    """
+    qh, kh, vh = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
+    s = jnp.einsum("bqhc,bkhc->bhqk", qh, kh, preferred_element_type=jnp.float32)
+    if mask is not None:
+        s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
+    w = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bhqk,bkhc->bqhc", w, vh)
+    return out.reshape(*q.shape[:2], v.shape[-1])
+
+
+def query(p: dict, x: jax.Array, lora: Any, rng: jax.Array | None, *, heads: int) -> jax.Array:
+    """Scaled query projection q_proj(x) * head_dim**-0.5. x: [B, T, d] -> [B, T, d]."""
+    q = proj(p, x, lora, rng, "q_proj")
+    return q * jnp.asarray((q.shape[-1] // heads) ** -0.5, q.dtype)
+
+
+def keys_values(
+    p: dict, x: jax.Array, lora: Any, rng: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
+    """(k_proj(x), v_proj(x)), each [B, T, d]; k_proj has no bias in Whisper."""
+    return proj(p, x, lora, rng, "k_proj"), proj(p, x, lora, rng, "v_proj")
+
+
+def output(p: dict, o: jax.Array, lora: Any, rng: jax.Array | None) -> jax.Array:
+    """out_proj of the attention output [B, T, d]."""
+    return proj(p, o, lora, rng, "out_proj")
+
+
+def causal_mask(q_len: int, k_len: int, offset: jax.Array | int = 0) -> jax.Array:
+    """[1, 1, q_len, k_len] boolean: query t (at absolute position offset + t) sees keys <= it."""
+    qpos = offset + jnp.arange(q_len)[:, None]
+    return (jnp.arange(k_len)[None, :] <= qpos)[None, None]
