@@ -166,10 +166,14 @@ def render(
 
     WAVs that already exist are kept (resumable; files are written atomically). `workers > 1`
     renders in that many processes (espeak-ng is one engine per process). Returns the manifest
-    path. An utterance that renders to no audio is reported and left out.
+    path. An empty text, or an utterance that renders to no audio, is reported and left out.
     """
     report = issues.default(report)
     out_dir = pathlib.Path(out_dir)
+    for job in jobs:
+        if not job.text.strip():
+            report.issue(issues.Kind.EMPTY_TRANSCRIPT, issues.Action.SKIPPED, job.utt_id)
+    jobs = [job for job in jobs if job.text.strip()]
     names = {v.name for v in {j.voice for j in jobs}}
     for name in sorted(names):
         espeak.engine().check_voice(name)

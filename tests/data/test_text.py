@@ -1,0 +1,78 @@
+"""Transcript helpers: digit words, ASCII clean-up, sentence sources."""
+
+import pytest
+
+from pqm_jax.data import issues, text
+
+
+def test_digits_to_words():
+    assert text.digits_to_words("7031") == "seven zero three one"
+    assert text.digits_to_words([9, 2]) == "nine two"
+
+
+def test_to_ascii():
+    assert text.to_ascii("café naïve “quoted” – Straße") == 'cafe naive "quoted" - Strasse'
+
+
+def test_clean_transcript_ascii_passes_silently():
+    assert text.clean_transcript("  HELLO   world ", name="x") == "HELLO world"
+
+
+def test_empty_transcript_skipped():
+    report = issues.InputReport()
+    with pytest.warns(issues.InputWarning, match="empty transcript: utt1; skipped"):
+        assert text.clean_transcript("   ", name="utt1", report=report) is None
+    assert report.count(issues.Kind.EMPTY_TRANSCRIPT) == 1
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected", "action"),
+    [
+        ("transliterate", "cafe au lait", "transliterated"),
+        ("keep", "café au lait", "kept"),
+        ("skip", None, "skipped"),
+    ],
+)
+def test_non_ascii_policies(policy, expected, action):
+    report = issues.InputReport()
+    with pytest.warns(issues.InputWarning, match=f"non-ASCII transcript: u7.*{action}"):
+        out = text.clean_transcript("café au lait", name="u7", non_ascii=policy, report=report)
+    assert out == expected
+    assert report.count(issues.Kind.NON_ASCII) == 1
+
+
+def test_non_ascii_nothing_left_is_skipped():
+    with pytest.warns(issues.InputWarning, match="nothing left"):
+        assert text.clean_transcript("日本語", name="u") is None
+
+
+def test_strict_mode_raises():
+    with pytest.raises(issues.InputError):
+        text.clean_transcript("", name="u", report=issues.InputReport(strict=True))
+
+
+def test_generate_sentences_deterministic_and_bounded():
+    a = text.generate_sentences(300, seed=3, min_words=6, max_words=30)
+    assert a == text.generate_sentences(300, seed=3, min_words=6, max_words=30)
+    assert a != text.generate_sentences(300, seed=4, min_words=6, max_words=30)
+    assert len(set(a)) == 300
+    assert all(6 <= len(s.split()) <= 30 and s.isascii() and s == s.lower() for s in a)
+
+
+def test_transcript_file_and_selection(tmp_path):
+    path = tmp_path / "t.trans.txt"
+    path.write_text("1-2-0000 ONE TWO THREE FOUR FIVE SIX\n\n1-2-0001 SHORT\n1-2-0002\n")
+    rows = text.read_transcript_file(path)
+    assert rows == [
+        ("1-2-0000", "ONE TWO THREE FOUR FIVE SIX"),
+        ("1-2-0001", "SHORT"),
+        ("1-2-0002", ""),
+    ]
+    assert text.select_sentences([t for _, t in rows]) == ["one two three four five six"]
+
+
+def test_dev_clean_sentences(dev_clean_text):
+    rows = text.read_transcript_file(dev_clean_text)
+    assert len(rows) == 2703
+    picked = text.select_sentences([t for _, t in rows], min_words=6, max_words=30)
+    assert len(picked) > 1500
