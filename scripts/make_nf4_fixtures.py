@@ -60,7 +60,9 @@ def main() -> None:
         x = make_input(shape, kind, rng)
         t = torch.from_numpy(x)
         packed, state = bnbf.quantize_4bit(t, blocksize=bs, quant_type=qt)
-        packed2, state2 = bnbf.quantize_4bit(t, blocksize=bs, quant_type=qt, compress_statistics=True)
+        packed2, state2 = bnbf.quantize_4bit(
+            t, blocksize=bs, quant_type=qt, compress_statistics=True
+        )
         out[f"{name}/x"] = x
         out[f"{name}/codes"] = packed.numpy().reshape(-1)
         out[f"{name}/absmax"] = state.absmax.numpy()

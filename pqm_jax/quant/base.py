@@ -66,6 +66,8 @@ class Scheme:
       tensor_type: the `QuantizedTensor` subclass it produces.
       default_options: keyword options used when the caller gives none (e.g. block size).
       bits_per_weight: nominal storage cost with the default options, for reports.
+      max_error: worst-case |x - dequantize(quantize(x))| as a fraction of the block's absmax
+        (half the largest gap between adjacent code values), without double quantisation.
     """
 
     name: str
@@ -73,6 +75,7 @@ class Scheme:
     tensor_type: type
     default_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     bits_per_weight: float = 0.0
+    max_error: float = 1.0
 
 
 _SCHEMES: dict[str, Scheme] = {}

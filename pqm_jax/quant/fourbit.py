@@ -23,7 +23,6 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
 from pqm_jax.quant import base
 

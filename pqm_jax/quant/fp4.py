@@ -12,7 +12,24 @@ from flax import struct
 from pqm_jax.quant import base, fourbit
 
 # Code values in bit-pattern order (index = the stored nibble), normalised to [-1, 1].
-_RAW = [0.0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0, -0.0, -0.0625, -8.0, -12.0, -4.0, -6.0, -2.0, -3.0]
+_RAW = [
+    0.0,
+    0.0625,
+    8.0,
+    12.0,
+    4.0,
+    6.0,
+    2.0,
+    3.0,
+    -0.0,
+    -0.0625,
+    -8.0,
+    -12.0,
+    -4.0,
+    -6.0,
+    -2.0,
+    -3.0,
+]
 TABLE = (np.asarray(_RAW, np.float32) / np.float32(12.0)).astype(np.float32)
 # Quantisation searches the sorted values, then maps a sorted position back to its nibble.
 ORDER = np.argsort(TABLE, kind="stable")
@@ -57,5 +74,6 @@ base.register(
         tensor_type=FP4Tensor,
         default_options={"block_size": 64, "double_quant": False},
         bits_per_weight=4.5,
+        max_error=float(np.diff(SORTED).max()) / 2,
     )
 )

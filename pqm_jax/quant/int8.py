@@ -64,5 +64,6 @@ base.register(
         tensor_type=Int8Tensor,
         default_options={"block_size": 64},
         bits_per_weight=8.5,
+        max_error=0.5 / 127,
     )
 )

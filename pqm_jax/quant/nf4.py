@@ -87,5 +87,6 @@ base.register(
         tensor_type=NF4Tensor,
         default_options={"block_size": 64, "double_quant": False},
         bits_per_weight=4.5,
+        max_error=float(np.diff(TABLE).max()) / 2,
     )
 )
