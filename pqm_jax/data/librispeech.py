@@ -94,7 +94,7 @@ def read(
 def read_speakers(path: str | os.PathLike) -> dict[str, SpeakerInfo]:
     """Parses SPEAKERS.TXT (`ID | SEX | SUBSET | MINUTES | NAME`, `;` comments)."""
     out = {}
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             if not line.strip() or line.lstrip().startswith(";"):
                 continue

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from pqm_jax.data import audio, corpora, issues
 
 REQUIRED = ("path", "text", "speaker")
+_NUMERIC = ("start", "end", "duration", "sample_rate")
 
 
 def list_entries(
@@ -35,7 +36,7 @@ def list_entries(
     base = path.parent
     seen: set[str] = set()
     entries = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -124,4 +125,9 @@ def _parse(line: str, where: str, report: issues.InputReport) -> dict | None:
     if missing:
         report.issue(issues.Kind.BAD_RECORD, issues.Action.SKIPPED, where, f"no {missing}")
         return None
+    for key in _NUMERIC:
+        value = row.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            report.issue(issues.Kind.BAD_RECORD, issues.Action.SKIPPED, where, f"{key}={value!r}")
+            return None
     return row

@@ -9,13 +9,16 @@ rendered (resumable), and is deterministic for a seed.
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import dataclasses
 import itertools
+import json
 import multiprocessing
 import os
 import pathlib
 import re
+import time
 import zlib
 from collections.abc import Sequence
 
@@ -252,3 +255,53 @@ def _render_to(item: tuple[Job, str], target_rate: int) -> None:
     job, path = item
     wave = synthesize(job.voice, job.text, target_rate=target_rate)
     audio.write_wav(path, wave, target_rate)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: render the reference corpus or N sampled speakers; prints the speed."""
+    parser = argparse.ArgumentParser(prog="python -m pqm_jax.data.synth", description=__doc__)
+    parser.add_argument("out_dir")
+    parser.add_argument("--transcripts", help="LibriSpeech *.trans.txt to read sentences from")
+    parser.add_argument("--speakers", type=int, default=0, help="sampled voices (0: reference)")
+    parser.add_argument("--adapt", type=int, default=48)
+    parser.add_argument("--dev", type=int, default=12)
+    parser.add_argument("--test", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    counts = {"adapt": args.adapt, "dev": args.dev, "test": args.test}
+    report = issues.InputReport()
+    start = time.perf_counter()
+    if args.speakers == 0:
+        path = reference_corpus(
+            args.out_dir,
+            args.transcripts,
+            counts=counts,
+            seed=args.seed,
+            workers=args.workers,
+            report=report,
+        )
+    else:
+        voices = sample_voices(args.speakers, seed=args.seed)
+        need = len(voices) * sum(counts.values())
+        if args.transcripts:
+            rows = text.read_transcript_file(args.transcripts)
+            sentences = text.select_sentences([t for _, t in rows])
+        else:
+            sentences = text.generate_sentences(need, seed=args.seed)
+        jobs = plan(
+            voices, sentences, counts=counts, seed=args.seed, disjoint=len(sentences) >= need
+        )
+        path = render(jobs, args.out_dir, workers=args.workers, report=report)
+    wall = time.perf_counter() - start
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    seconds = sum(r["duration"] for r in rows)
+    print(
+        f"{path}: {len(rows)} utterances, {seconds:.0f} s of audio in {wall:.1f} s "
+        f"({seconds / wall:.0f} s of audio per wall second, {args.workers} workers)"
+    )
+    print(report.summary())
+
+
+if __name__ == "__main__":
+    main()

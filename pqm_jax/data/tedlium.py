@@ -36,8 +36,9 @@ def list_entries(
     options: corpora.ReadOptions | None = None,
     report: issues.InputReport | None = None,
 ) -> list[corpora.Entry]:
-    """Lists segments under `root` (a folder holding `stm/` and `sph/`, at any depth), sorted by
-    talk and start time, without reading audio.
+    """Lists segments under `root` (a folder holding `stm/` and `sph/`, at any depth, e.g.
+    `TEDLIUM_release-3/data` or `.../legacy/test`), sorted by talk and start time, without
+    reading audio. Each `.stm` uses the `.sph` in the `sph/` folder beside its own.
 
     A talk whose `.sph` is missing is reported (all its segments skipped); a `.sph` without an
     `.stm` is reported too. Malformed STM lines are reported and skipped.
@@ -47,17 +48,22 @@ def list_entries(
     root = pathlib.Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"TED-LIUM root {root} is not a directory")
-    sph = {p.stem: p for p in sorted(root.rglob("*.sph"))}
+    sphs = sorted(root.rglob("*.sph"))
     stms = sorted(root.rglob("*.stm"))
     talks_with_stm = {p.stem for p in stms}
-    for talk in sorted(set(sph) - talks_with_stm):
-        report.issue(issues.Kind.MISSING_TRANSCRIPT, issues.Action.SKIPPED, sph[talk], "no .stm")
+    for path in sphs:
+        if path.stem not in talks_with_stm:
+            report.issue(issues.Kind.MISSING_TRANSCRIPT, issues.Action.SKIPPED, path, "no .stm")
+    anywhere = {p.stem: p for p in sphs}
     entries = []
+    seen: set[str] = set()
     for stm in stms:
         if speakers is not None and stm.stem not in speakers:
             continue
         rows = list(_parse_stm(stm, report))
-        if stm.stem not in sph:
+        beside = stm.parent.parent / "sph" / f"{stm.stem}.sph"
+        sph = beside if beside.is_file() else anywhere.get(stm.stem)
+        if sph is None:
             if rows:
                 report.issue(
                     issues.Kind.MISSING_AUDIO,
@@ -66,9 +72,18 @@ def list_entries(
                     f"no {stm.stem}.sph; {len(rows)} segments",
                 )
             continue
-        path = str(sph[stm.stem])
+        path = str(sph)
         for talk, start, end, words in rows:
             utt_id = f"{talk}-{round(start * 100):07d}-{round(end * 100):07d}"
+            if utt_id in seen:
+                report.issue(
+                    issues.Kind.BAD_RECORD,
+                    issues.Action.SKIPPED,
+                    stm,
+                    f"duplicate segment {utt_id}",
+                )
+                continue
+            seen.add(utt_id)
             entry = corpora.make_entry(
                 utt_id,
                 talk,
@@ -104,7 +119,7 @@ def read(
 def _parse_stm(
     path: pathlib.Path, report: issues.InputReport
 ) -> Iterator[tuple[str, float, float, str]]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             if not line.strip() or line.startswith(";;"):
                 continue

@@ -86,10 +86,10 @@ def read_transcript_file(path: str | os.PathLike) -> list[tuple[str, str]]:
     """Reads a LibriSpeech-style transcript file: lines `UTT-ID TEXT` -> [(utt_id, text)].
 
     Blank lines are ignored; a line with an id and no text gives an empty text (the caller
-    reports it).
+    reports it). Invalid UTF-8 is decoded as U+FFFD, which the caller reports as non-ASCII.
     """
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             line = line.strip()
             if line:

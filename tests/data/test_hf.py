@@ -95,3 +95,14 @@ def test_bad_rows_reported(tone):
     messages = " | ".join(str(w.message) for w in caught)
     assert "corrupt audio: hf://" in messages and "empty transcript" in messages
     assert report.count() == 2
+
+
+def test_parquet_dataset_from_disk(tmp_path, tone):
+    """The LibriSpeech parquet route: Audio typed from the file's metadata, decoded here."""
+    _dataset(tone).to_parquet(str(tmp_path / "part-0.parquet"))
+    ds = datasets.Dataset.from_parquet(
+        str(tmp_path / "part-0.parquet"), cache_dir=str(tmp_path / "c")
+    )
+    assert isinstance(ds.features["audio"], datasets.Audio)
+    utts = list(hf.read(ds, speakers={"10"}))
+    assert [u.audio.shape for u in utts] == [(4000,), (8000,), (12000,)]

@@ -114,3 +114,13 @@ def test_strict_mode_stops_at_first_problem(tmp_path, tone, write_audio):
 def test_missing_root_raises(tmp_path):
     with pytest.raises(FileNotFoundError):
         librispeech.list_entries(tmp_path / "nope")
+
+
+def test_invalid_utf8_transcript_is_reported_not_fatal(tmp_path, tone, write_audio):
+    _tree(tmp_path, tone, write_audio, n=2, speakers=("14",))
+    (tmp_path / "14" / "200" / "14-200.trans.txt").write_bytes(
+        b"14-200-0000 GOOD LINE\n14-200-0001 BAD \xff\xfe BYTES\n"
+    )
+    with pytest.warns(issues.InputWarning, match=r"non-ASCII transcript: .*14-200-0001"):
+        entries = librispeech.list_entries(tmp_path)
+    assert [e.text for e in entries] == ["GOOD LINE", "BAD BYTES"]

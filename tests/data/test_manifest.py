@@ -115,3 +115,20 @@ def test_host_reads_only_its_speakers(tmp_path, tone, write_audio, monkeypatch):
     )
     utts = list(manifest.read(path, speakers={"s1", "s3"}))
     assert [u.speaker for u in utts] == ["s1", "s3"] and len(opened) == 2
+
+
+def test_non_numeric_fields_rejected(tmp_path, tone, write_audio):
+    write_audio(tmp_path / "w.wav", tone(0.1))
+    path = _write(
+        tmp_path,
+        [
+            {"path": "w.wav", "text": "a", "speaker": "s", "utt_id": "a", "start": "0.5"},
+            {"path": "w.wav", "text": "b", "speaker": "s", "utt_id": "b", "sample_rate": "fast"},
+            {"path": "w.wav", "text": "c", "speaker": "s", "utt_id": "c", "duration": 0.1},
+        ],
+    )
+    with pytest.warns(issues.InputWarning) as caught:
+        entries = manifest.list_entries(path)
+    assert [e.utt_id for e in entries] == ["c"]
+    messages = [str(w.message) for w in caught]
+    assert "manifest.jsonl:1 (start='0.5')" in messages[0] and "sample_rate='fast'" in messages[1]

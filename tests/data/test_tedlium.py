@@ -82,3 +82,17 @@ def test_corrupt_talk_reported_once(tmp_path, write_audio):
 
 def test_normalise():
     assert tedlium.normalise("we 're <unk> here 's") == "we're here's"
+
+
+def test_release_layout_pairs_stm_with_its_own_sph(tmp_path, write_audio):
+    """TED-LIUM 3 keeps the same talks under data/ and legacy/: each stm uses its sibling sph,
+    and a segment listed twice is reported once and kept once."""
+    _talk(tmp_path / "data", "TalkA", 4.0, write_audio)
+    _talk(tmp_path / "legacy" / "test", "TalkA", 4.0, write_audio)
+    entries = tedlium.list_entries(tmp_path / "legacy" / "test")
+    assert all("legacy" in e.path for e in entries) and len(entries) == 2
+    report = issues.InputReport()
+    with pytest.warns(issues.InputWarning) as caught:
+        both = tedlium.list_entries(tmp_path, report=report)
+    assert len(both) == 2 and report.count(issues.Kind.BAD_RECORD) == 2
+    assert "duplicate segment TalkA-0000000-0000100" in str(caught[0].message)
