@@ -50,7 +50,7 @@ def main() -> None:
         )
         q = nf4.quantize(xj, double_quant=dq)
         deq = jax.jit(lambda q: q.dequantize())
-        ours_d = median_time(lambda q=q: jax.block_until_ready(deq(q)), args.repeats)
+        ours_d = median_time(lambda q=q, f=deq: jax.block_until_ready(f(q)), args.repeats)
         packed, state = bnbf.quantize_4bit(t, quant_type="nf4", compress_statistics=dq)
         bnb_d = median_time(lambda p=packed, s=state: bnbf.dequantize_4bit(p, s), args.repeats)
         rows.append(("quantise", dq, ours_q, bnb_q))
