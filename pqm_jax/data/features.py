@@ -74,7 +74,7 @@ def log_mel_windows(windows: np.ndarray, n_mels: int = 80) -> np.ndarray:
     mel = power @ mel_filters(n_mels)  # [B, frames, n_mels]
     log = np.log10(np.maximum(mel, 1e-10))
     log = np.maximum(log, log.max(axis=(1, 2), keepdims=True) - 8.0)
-    return ((log + 4.0) / 4.0).transpose(0, 2, 1).astype(np.float32)
+    return np.ascontiguousarray(((log + 4.0) / 4.0).transpose(0, 2, 1), dtype=np.float32)
 
 
 def log_mel(audio: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
