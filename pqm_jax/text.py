@@ -61,7 +61,10 @@ class Tokenizer:
         `leading_space=True` adds one to stripped text, for training targets."""
         if leading_space:
             text = " " + text.strip()
-        return self.backend.encode(text, add_special_tokens=False).ids
+        ids = self.backend.encode(text, add_special_tokens=False).ids
+        if any(i >= self.special.eot for i in ids):  # a backend that matches special tokens
+            raise ValueError(f"{text!r} encodes to special tokens; set encode_special_tokens")
+        return ids
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids` with every special and timestamp token skipped, whitespace stripped."""
@@ -146,13 +149,14 @@ def from_backend(
 
 def _backend(model_dir: pathlib.Path) -> tokenizers.Tokenizer:
     path = model_dir / "tokenizer.json"
-    if path.is_file():
-        return tokenizers.Tokenizer.from_file(str(path))
-    if (model_dir / "vocab.json").is_file():  # an HF folder with the slow-tokenizer files only
-        import transformers  # heavy: only for this fallback
-
-        return transformers.AutoTokenizer.from_pretrained(str(model_dir)).backend_tokenizer
-    raise FileNotFoundError(f"{model_dir} has no tokenizer.json (nor vocab.json + merges.txt)")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing (CTranslate2 and Hugging Face Whisper folders ship one; for an HF "
+            "folder with vocab.json only, save `WhisperTokenizerFast.from_pretrained(...)` there)"
+        )
+    backend = tokenizers.Tokenizer.from_file(str(path))
+    backend.encode_special_tokens = True  # "<|endoftext|>" typed in a transcript stays text
+    return backend
 
 
 def load(model_dir: str | os.PathLike, *, multilingual: bool | None = None) -> Tokenizer:
@@ -178,18 +182,20 @@ def load(model_dir: str | os.PathLike, *, multilingual: bool | None = None) -> T
 
 
 @functools.cache
-def _english_normalizer() -> Any:
-    # transformers 5 keeps openai-whisper's normaliser here; it needs the spelling map.
-    from transformers.models.whisper import english_normalizer
+def english_normalizer(spelling_json: str | os.PathLike | None = None) -> Any:
+    """transformers' copy of Whisper's `EnglishTextNormalizer` with the spelling map at
+    `spelling_json` (default: `resources.whisper_english_json()`); cached per path."""
+    # transformers 5 keeps openai-whisper's normaliser here, without the spelling map.
+    from transformers.models.whisper import english_normalizer as impl
 
-    mapping = json.loads(resources.whisper_english_json().read_text(encoding="utf-8"))
-    return english_normalizer.EnglishTextNormalizer(mapping)
+    path = pathlib.Path(spelling_json or resources.whisper_english_json())
+    return impl.EnglishTextNormalizer(json.loads(path.read_text(encoding="utf-8")))
 
 
 def normalize_english(text: str) -> str:
-    """Whisper's English normaliser (spelling map, numbers, contractions, symbols), as used for
-    Whisper's published WERs. Needs `english.json` (see `resources.whisper_english_json`)."""
-    return _english_normalizer()(text)
+    """Whisper's English normaliser (spelling map, numbers, contractions, fillers, symbols), as
+    used for Whisper's published WERs. Needs `english.json` (see `resources`)."""
+    return english_normalizer()(text)
 
 
 def normalize_basic(text: str) -> str:
