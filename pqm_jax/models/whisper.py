@@ -197,6 +197,16 @@ def init_cache(config: WhisperConfig, batch: int, max_len: int, dtype: Any = jnp
     return KVCache(k=zeros, v=zeros, index=jnp.zeros((), jnp.int32))
 
 
+def _cross_attend(q: jax.Array, k: jax.Array, v: jax.Array, *, heads: int) -> jax.Array:
+    """Cross-attention; q [B * n, T, d] may hold n hypotheses (beams) per row of k, v [B, S, d],
+    grouped by row (hypothesis j of row b at b * n + j): they share keys without copies."""
+    rows, t, d = q.shape
+    if rows == k.shape[0]:
+        return attn.attend(q, k, v, None, heads=heads)
+    o = attn.attend(q.reshape(k.shape[0], -1, d), k, v, None, heads=heads)
+    return o.reshape(rows, t, d)
+
+
 def _decoder(
     params: dict,
     tokens: jax.Array,
@@ -240,7 +250,7 @@ def _decoder(
         h = attn.layer_norm(lp["encoder_attn_layer_norm"], x)
         a, la, ra = lp["encoder_attn"], lora_lib.sub(ll, "encoder_attn"), attn.fold(rng, "x")
         q = attn.query(a, h, la, ra, heads=heads)
-        o = attn.attend(q, cross.k[i].astype(dtype), cross.v[i].astype(dtype), None, heads=heads)
+        o = _cross_attend(q, cross.k[i].astype(dtype), cross.v[i].astype(dtype), heads=heads)
         x = x + attn.dropout(attn.output(a, o, la, ra), dropout_rate, attn.fold(rng, "res2"))
         # MLP.
         h = attn.mlp(lp, attn.layer_norm(lp["final_layer_norm"], x), ll, rng, dropout_rate)
@@ -301,8 +311,11 @@ def decode_step(
     lora: Any = None,
     dtype: Any = jnp.float32,
 ) -> tuple[jax.Array, KVCache]:
-    """Incremental decoding: `tokens` [B, T] (T = prompt length for the prefill, then 1) at
-    positions cache.index.. of every row; returns (logits [B, T, vocab] float32, updated cache).
+    """Incremental decoding: `tokens` [N, T] (T = prompt length for the prefill, then 1) at
+    positions cache.index.. of every row; returns (logits [N, T, vocab] float32, updated cache).
+
+    N is the batch B of `cross` or a multiple B * n (n hypotheses per utterance, grouped by
+    utterance, as in beam search); `cache` and any per-example LoRA bank then have N rows.
     """
     return _decoder(
         params,

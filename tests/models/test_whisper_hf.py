@@ -65,16 +65,20 @@ def hf_tiny(seed: int = 0):
         decoder_start_token_id=SOT,
         suppress_tokens=list(SUPPRESS),
         begin_suppress_tokens=list(BEGIN_SUPPRESS),
+        init_std=0.1,
         attn_implementation="eager",
     )
     model = transformers.WhisperForConditionalGeneration(hf_config).eval()
-    # Random init gives tiny weights and near-uniform logits; widen them so that argmax decisions
-    # are well separated and the model stops sometimes (bias towards end-of-text).
+    # Random models collapse into repeating one token and never stop. Larger decoder position
+    # embeddings vary the output, and a ramp along a direction w that the end-of-text embedding
+    # shares makes stopping more likely with position: rows end at different lengths.
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("weight") and p.ndim >= 2 and "embed_positions" not in name:
-                p.mul_(4.0)
-        model.model.decoder.embed_tokens.weight[EOT] *= 1.5
+        w = torch.randn(c.d_model)
+        w /= w.norm()
+        ramp = torch.arange(c.max_target_positions, dtype=torch.float32)[:, None]
+        pos = model.model.decoder.embed_positions.weight
+        pos.mul_(10.0).add_(4.0 * ramp / c.max_target_positions * w[None])
+        model.model.decoder.embed_tokens.weight[EOT] = 3.0 * w
     g = model.generation_config
     g.decoder_start_token_id = SOT
     g.eos_token_id = EOT
@@ -146,10 +150,12 @@ def params_of(model) -> dict:
 
 
 def mel_batch(batch: int, seed: int = 0) -> np.ndarray:
-    """Random log-mel-like features [batch, n_mels, frames] in Whisper's value range."""
+    """Random features [batch, n_mels, frames]; rows differ in scale, so their transcripts (and
+    lengths) differ."""
     c = config()
     rng = np.random.default_rng(seed)
-    return rng.uniform(-1.0, 1.5, (batch, c.n_mels, c.n_frames)).astype(np.float32)
+    scales = np.resize([0.2, 0.5, 1.0, 2.0, 3.0, 4.0, 0.1, 1.5], batch)[:, None, None]
+    return (scales * rng.normal(size=(batch, c.n_mels, c.n_frames))).astype(np.float32)
 
 
 def hf_logits(model, mel: np.ndarray, tokens: np.ndarray) -> np.ndarray:
