@@ -324,6 +324,32 @@ def resolve(path_or_hub_id: str | os.PathLike, *, revision: str | None = None) -
         ) from e
 
 
+def save(
+    model_dir: str | os.PathLike,
+    params: Params,
+    config: Any,
+    *,
+    hf_config: Mapping[str, Any] | None = None,
+    generation_config: Mapping[str, Any] | None = None,
+) -> pathlib.Path:
+    """Writes an HF Whisper folder readable by `WhisperForConditionalGeneration.from_pretrained`
+    (and `load`): `model.safetensors` (float32, `proj_out` left to the tie), `config.json` (from
+    `config`, updated with `hf_config`, e.g. token ids) and optionally `generation_config.json`."""
+    import safetensors.numpy  # lazy: keeps `import pqm_jax.convert.hf` light
+
+    model_dir = pathlib.Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    state = to_state_dict(params, config, proj_out=False)
+    safetensors.numpy.save_file(state, model_dir / "model.safetensors", metadata={"format": "pt"})
+    full = {"architectures": ["WhisperForConditionalGeneration"], **hf_config_dict(config)}
+    full |= dict(hf_config or {})
+    (model_dir / "config.json").write_text(json.dumps(full, indent=2))
+    if generation_config is not None:
+        text = json.dumps(dict(generation_config), indent=2)
+        (model_dir / "generation_config.json").write_text(text)
+    return model_dir
+
+
 def load(
     path_or_hub_id: str | os.PathLike, *, revision: str | None = None
 ) -> tuple[Params, Any, dict[str, Any]]:

@@ -180,3 +180,22 @@ def test_expected_shapes_cover_every_leaf(hf_state):
     assert shapes[("encoder", "conv1", "kernel")] == (3, 80, 384)
     assert shapes[("decoder", "embed_tokens")] == (51864, 384)
     assert len(shapes) == len(hf.param_table(config))
+
+
+def test_save_is_readable_by_transformers_and_load(hf_model, hf_state, tiny_config, tmp_path):
+    import transformers
+
+    params = hf.from_state_dict(hf_state, tiny_config)
+    ids = {"pad_token_id": 300, "bos_token_id": 300, "eos_token_id": 300}
+    hf.save(tmp_path, params, tiny_config, hf_config=ids, generation_config={"max_length": 9})
+    again, config, hf_config = hf.load(tmp_path)
+    assert config == tiny_config and hf_config["eos_token_id"] == 300
+    _assert_same(again, hf_state, tiny_config)
+    loaded = transformers.WhisperForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.generation_config.max_length == 9
+    features = torch.randn(1, 16, 120, generator=torch.Generator().manual_seed(2))
+    tokens = torch.tensor([[301, 4, 8]])
+    with torch.no_grad():
+        want = hf_model(input_features=features, decoder_input_ids=tokens).logits
+        got = loaded(input_features=features, decoder_input_ids=tokens).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

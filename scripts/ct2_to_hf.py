@@ -1,0 +1,62 @@
+"""Converts a CTranslate2 Whisper folder to a Hugging Face one (the PyTorch reference route).
+
+    python scripts/ct2_to_hf.py OUT_DIR [--source tiny.en | base | CT2_DIR]
+
+Writes `model.safetensors` (float32), `config.json`, `generation_config.json` (token ids and
+suppress lists from the CTranslate2 config and tokenizer) and `tokenizer.json`; the result loads
+with `transformers.WhisperForConditionalGeneration.from_pretrained(OUT_DIR)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import shutil
+
+from pqm_jax import resources, text
+from pqm_jax.convert import ct2, hf
+
+
+def _read(source: str):
+    if source == "tiny.en":
+        model_dir = resources.tiny_en_dir()
+        return model_dir, ct2.load(model_dir)
+    if source == "base":
+        return resources.base_dir(), ct2.load_parts(resources.base_parts())
+    return pathlib.Path(source), ct2.load(source)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=pathlib.Path)
+    parser.add_argument("--source", default="tiny.en", help="tiny.en, base or a CT2 folder")
+    args = parser.parse_args()
+    model_dir, (params, config, ct2_config) = _read(args.source)
+    tok = text.load(model_dir)
+    ids = tok.special
+    tokens = {
+        "bos_token_id": ids.eot,
+        "eos_token_id": ids.eot,
+        "pad_token_id": ids.eot,
+        "decoder_start_token_id": ids.sot,
+    }
+    generation = {
+        **tokens,
+        "max_length": config.max_target_positions,
+        "suppress_tokens": list(tok.suppress_tokens),
+        "begin_suppress_tokens": list(tok.begin_suppress_tokens),
+        "no_timestamps_token_id": ids.no_timestamps,
+        "is_multilingual": tok.multilingual,
+    }
+    if tok.multilingual:
+        generation["lang_to_id"] = {f"<|{k}|>": v for k, v in ids.languages.items()}
+        generation["task_to_id"] = {"transcribe": ids.transcribe, "translate": ids.translate}
+    if ct2_config.get("alignment_heads"):
+        generation["alignment_heads"] = ct2_config["alignment_heads"]
+    hf.save(args.out_dir, params, config, hf_config=tokens, generation_config=generation)
+    shutil.copy(model_dir / "tokenizer.json", args.out_dir / "tokenizer.json")
+    print(f"wrote {args.out_dir} ({config})")
+
+
+if __name__ == "__main__":
+    main()
