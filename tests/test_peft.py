@@ -119,6 +119,9 @@ def _assert_trees_equal(x, y):
 def test_round_trip_is_bit_exact_and_files_follow_peft(tmp_path):
     config = lora_lib.LoraConfig(rank=4, alpha=8.0, dropout=0.05)
     adapters = _adapters(config)
+    half = jax.tree.map(lambda x: x.astype(jnp.bfloat16), adapters)
+    peft_io.export(half, tmp_path / "bf16", config=config, base_model_name_or_path=None)
+    _assert_trees_equal(peft_io.load(tmp_path / "bf16")[0], half)
     out = peft_io.export(adapters, tmp_path, config=config, base_model_name_or_path="tiny")
     loaded, loaded_config = peft_io.load(out, model_config=CONFIG)
     _assert_trees_equal(loaded, adapters)
@@ -146,7 +149,11 @@ def test_one_speaker_of_a_bank(tmp_path):
     loaded, _ = peft_io.load(tmp_path)
     _assert_trees_equal(loaded, lora_lib.take(bank, 1))
     meta = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert meta["target_modules"] == ["v_proj"] or len(meta["target_modules"]) == 3
+    # "v_proj" would also select the encoder's and the cross-attention's: an explicit list.
+    assert meta["target_modules"] == [
+        f"model.decoder.layers.{i}.self_attn.v_proj" for i in range(3)
+    ]
+    assert meta["r"] == 2
     with pytest.raises(ValueError, match="bank of 3 speakers"):
         peft_io.export(bank, tmp_path, config=config, base_model_name_or_path=None)
     with pytest.raises(IndexError, match="out of range"):
@@ -167,7 +174,7 @@ def test_peft_loads_our_export_and_computes_our_logits(tmp_path, rslora, targets
     base = _torch_logits(model, mel, tokens)
 
     peft_model = peft.PeftModel.from_pretrained(model, str(tmp_path)).eval()
-    exported = {peft_io.hf_module_name(p) for p in peft_io._flatten(adapters)}
+    exported = {peft_io.hf_module_name(p) for p in peft_io.modules(adapters)}
     assert _lora_modules(peft_model) == exported  # no extra (zero) adapters in PEFT
     theirs = _torch_logits(peft_model, mel, tokens)
     ours = _ours(params, adapters, mel, tokens)
@@ -194,12 +201,28 @@ def test_we_load_peft_save_pretrained_and_compute_its_logits(tmp_path, rslora):
 
     adapters, config = peft_io.load(tmp_path, model_config=CONFIG)
     assert (config.rank, config.alpha, config.rslora, config.dropout) == (3, 5.0, rslora, 0.1)
-    n = len(peft_io._flatten(adapters))
+    n = len(peft_io.modules(adapters))
     assert n == 2 * 3 + 3 * 5  # q/out_proj per attention block, fc1 per layer
     np.testing.assert_allclose(_ours(params, adapters, mel, tokens), theirs, atol=1e-4, rtol=1e-4)
     # The imported config selects the same modules from our params.
     again = _adapters(config)
     assert jax.tree.structure(again) == jax.tree.structure(adapters)
+
+
+def test_peft_layer_selection_imports_as_exact_targets(tmp_path):
+    model = _hf_model(seed=3)
+    peft_config = peft.LoraConfig(
+        r=2, lora_alpha=4, target_modules=["v_proj"], layers_to_transform=[1]
+    )
+    peft.get_peft_model(model, peft_config).save_pretrained(str(tmp_path))
+    adapters, config = peft_io.load(tmp_path)
+    expected = {
+        "encoder/layers_1/self_attn/v_proj",
+        "decoder/layers_1/self_attn/v_proj",
+        "decoder/layers_1/encoder_attn/v_proj",
+    }
+    assert set(peft_io.modules(adapters)) == expected
+    assert set(peft_io.modules(_adapters(config))) == expected  # not every v_proj
 
 
 def test_legacy_bin_with_and_without_torch(tmp_path, monkeypatch):
@@ -317,3 +340,5 @@ def test_export_rejects_inconsistent_inputs(tmp_path):
         peft_io.export(
             {"decoder": {"x": np.ones(2)}}, tmp_path, config=config, base_model_name_or_path=None
         )
+    with pytest.raises(ValueError, match="empty"):
+        peft_io.export({}, tmp_path, config=config, base_model_name_or_path=None)

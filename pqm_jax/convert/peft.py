@@ -84,8 +84,8 @@ def module_path(hf_name: str) -> str:
     return f"{m[1]}/layers_{m[2]}/{m[3].replace('.', '/')}"
 
 
-def _flatten(adapters: Any) -> dict[str, lora_lib.LoraWeights]:
-    """module path -> LoraWeights for every adapter in the tree."""
+def modules(adapters: Any) -> dict[str, lora_lib.LoraWeights]:
+    """module path ('decoder/layers_0/fc1') -> LoraWeights for every adapter in the tree."""
     is_lora = lambda x: isinstance(x, lora_lib.LoraWeights)
     flat = jax.tree_util.tree_flatten_with_path(adapters, is_leaf=is_lora)[0]
     out = {}
@@ -168,7 +168,7 @@ def export(
       The folder, holding `adapter_model.safetensors` (float tensors in the adapters' dtype) and
       `adapter_config.json`.
     """
-    flat = _flatten(adapters)
+    flat = modules(adapters)
     tensors: dict[str, np.ndarray] = {}
     for mod, ad in flat.items():
         hf = hf_module_name(mod)
@@ -257,11 +257,13 @@ def _read_tensors(folder: pathlib.Path) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f"no {WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME} in {folder}")
 
 
-def _targets(target_modules: Any, modules: Sequence[str]) -> tuple[str, ...]:
+def _targets(cfg: dict[str, Any], present: Sequence[str]) -> tuple[str, ...]:
     """PEFT `target_modules` as our `LoraConfig.targets` (regexes searched in module paths)."""
-    if isinstance(target_modules, list | tuple) and set(target_modules) == set(_ATTENTION_NAMES):
-        return lora_lib.ATTENTION_TARGETS
-    if isinstance(target_modules, list | tuple) and target_modules:
+    target_modules = cfg.get("target_modules")
+    narrowed = any(cfg.get(f) for f in ("layers_to_transform", "layers_pattern", "exclude_modules"))
+    if isinstance(target_modules, list | tuple) and target_modules and not narrowed:
+        if set(target_modules) == set(_ATTENTION_NAMES):
+            return lora_lib.ATTENTION_TARGETS
         out = []
         for t in sorted(target_modules):
             # PEFT: a module matches when its name equals t or ends with "." + t.
@@ -274,8 +276,9 @@ def _targets(target_modules: Any, modules: Sequence[str]) -> tuple[str, ...]:
                     pieces.append(part)
             out.append(r"(^|/)" + re.escape("/".join(pieces)) + "$")
         return tuple(out)
-    # A regex on HF names or "all-linear": exactly the modules present.
-    return tuple("^" + re.escape(m) + "$" for m in sorted(modules))
+    # A regex on HF names, "all-linear", or a selection narrowed by layer or exclusion: exactly
+    # the modules present.
+    return tuple("^" + re.escape(m) + "$" for m in sorted(present))
 
 
 def _check_dims(mod: str, a: np.ndarray, b: np.ndarray, model_config: Any) -> None:
@@ -335,7 +338,7 @@ def load(path: str | os.PathLike, *, model_config: Any = None) -> tuple[dict, lo
     config = lora_lib.LoraConfig(
         rank=rank,
         alpha=float(cfg["lora_alpha"]),
-        targets=_targets(cfg.get("target_modules"), list(pairs)),
+        targets=_targets(cfg, list(pairs)),
         dropout=float(cfg.get("lora_dropout") or 0.0),
         rslora=bool(cfg.get("use_rslora", False)),
     )
