@@ -228,6 +228,13 @@ def _layer_count(variables: Mapping[str, np.ndarray], side: str) -> int:
 
 def fields_from_variables(variables: Mapping[str, np.ndarray]) -> dict[str, int]:
     """`WhisperConfig` fields implied by the variables' shapes and the `num_heads` scalars."""
+    try:
+        return _fields(variables)
+    except KeyError as e:
+        raise FormatError(f"model.bin has no variable {e}: not a Whisper layout") from e
+
+
+def _fields(variables: Mapping[str, np.ndarray]) -> dict[str, int]:
     vocab, d = variables["decoder/embeddings/weight"].shape
     return {
         "n_mels": int(variables["encoder/conv1/weight"].shape[1]),

@@ -177,6 +177,9 @@ def test_wrong_version_spec_and_revision(hf_state, tiny_config, tmp_path):
     bias[name] = np.ones_like(bias[name])
     with pytest.raises(ct2.FormatError, match="key bias is not zero"):
         ct2.params_from_variables(ct2.ModelBin("WhisperSpec", 3, bias, model.aliases))
+    no_conv = {k: v for k, v in model.variables.items() if k != "encoder/conv1/weight"}
+    with pytest.raises(ct2.FormatError, match="no variable 'encoder/conv1/weight'"):
+        ct2.params_from_variables(ct2.ModelBin("WhisperSpec", 3, no_conv, model.aliases))
     missing = {k: v for k, v in model.variables.items() if "ffn/linear_1" not in k}
     with pytest.raises(ct2.FormatError, match="no variable"):
         ct2.params_from_variables(ct2.ModelBin("WhisperSpec", 3, missing, model.aliases))
