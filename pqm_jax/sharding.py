@@ -1,0 +1,174 @@
+"""Device meshes and shardings, driven by config rules. Nothing else lives here.
+
+The mesh has two axes: "data" (examples of a batch, or speakers of a bank) and "model" (the frozen
+base optionally split across devices). Parameters get a `PartitionSpec` from the first rule whose
+regular expression matches their path (big_vision style); a quantised tensor is split only along
+its flat block axis and only where every shard holds whole blocks, so no NF4 block ever straddles
+two devices. Every jit in the training code gets its `in_shardings`/`out_shardings` from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from pqm_jax.quant import base
+from pqm_jax.quant import tree as qtree
+
+DATA = "data"
+MODEL = "model"
+
+# Megatron-style split of the frozen base over "model": column-parallel q/k/v/fc1, row-parallel
+# out_proj/fc2, the tied token embedding by vocabulary rows. A quantised kernel is split along its
+# block axis instead (see `quantized_sharding`), whatever the dims below say.
+DEFAULT_BASE_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
+    (r"(q_proj|k_proj|v_proj|fc1)/kernel$", (None, MODEL)),
+    (r"(out_proj|fc2)/kernel$", (MODEL, None)),
+    (r"embed_tokens$", (MODEL, None)),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh shape and the base-parameter rules.
+
+    Attributes:
+      data: size of the data (and speaker) axis; -1 uses every device not taken by `model`.
+      model: size of the axis the frozen base is split over (1 = replicated base).
+      base_rules: (path regex, dims) pairs; dims name a mesh axis or None per array dimension.
+        Only consulted when `model` > 1.
+    """
+
+    data: int = -1
+    model: int = 1
+    base_rules: tuple[tuple[str, tuple[str | None, ...]], ...] = DEFAULT_BASE_RULES
+
+    def __post_init__(self):
+        if self.model < 1 or self.data == 0 or self.data < -1:
+            raise ValueError(f"mesh sizes must be positive (data may be -1), got {self}")
+
+
+def make_mesh(config: MeshConfig = MeshConfig(), devices: list | None = None) -> Mesh:
+    """A ("data", "model") mesh with Auto axes (jit with explicit in/out shardings).
+
+    Raises:
+      ValueError: when the requested sizes do not fit the available devices.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    model = config.model
+    data = config.data if config.data > 0 else len(devices) // model
+    if data < 1 or data * model > len(devices):
+        raise ValueError(
+            f"mesh data={config.data} x model={model} needs more than the {len(devices)} devices "
+            "available; lower mesh.data / mesh.model"
+        )
+    return jax.make_mesh(
+        (data, model),
+        (DATA, MODEL),
+        axis_types=(AxisType.Auto, AxisType.Auto),
+        devices=devices[: data * model],
+    )
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def leading(mesh: Mesh, axis: int = 0) -> NamedSharding:
+    """Dimension `axis` split over "data", the rest replicated (batches, speaker banks)."""
+    return NamedSharding(mesh, PartitionSpec(*([None] * axis), DATA))
+
+
+def tree_leading(tree: Any, mesh: Mesh, axis: int = 0) -> Any:
+    """`leading(mesh, axis)` for every array leaf of `tree` (0-d leaves replicated)."""
+    return jax.tree.map(
+        lambda x: leading(mesh, axis) if np.ndim(x) > axis else replicated(mesh), tree
+    )
+
+
+def tree_replicated(tree: Any, mesh: Mesh) -> Any:
+    """A replicated sharding for every leaf of `tree` (LoRA trees, optimiser state)."""
+    return jax.tree.map(lambda _: replicated(mesh), tree)
+
+
+def quantized_sharding(q: Any, mesh: Mesh) -> Any:
+    """Shardings for the children of a quantised tensor, same pytree structure as `q`.
+
+    A block-wise tensor is split over "model" along its flat block axis when every shard holds
+    whole blocks (its element count divides by block_size x model); children whose leading size
+    does not divide evenly (second-level scales, offsets) are replicated. Anything else, or a
+    tensor too small to split, is replicated.
+    """
+    m = mesh.shape[MODEL]
+    inner = q.inner if isinstance(q, qtree.Transposed) else q
+    block = getattr(inner, "block_size", None)
+    whole = block is not None and m > 1 and math.prod(inner.shape) % (block * m) == 0
+
+    def child(x):
+        if whole and np.ndim(x) >= 1 and x.shape[0] % m == 0:
+            return NamedSharding(mesh, PartitionSpec(MODEL))
+        return replicated(mesh)
+
+    return jax.tree.map(child, q)
+
+
+def _spec_for(path: str, ndim: int, rules, mesh: Mesh) -> PartitionSpec:
+    for pattern, dims in rules:
+        if re.search(pattern, path):
+            if len(dims) != ndim:
+                raise ValueError(f"sharding rule {pattern!r} has {len(dims)} dims, {path} {ndim}")
+            return PartitionSpec(*dims)
+    return PartitionSpec()
+
+
+def base_shardings(params: Any, mesh: Mesh, config: MeshConfig = MeshConfig()) -> Any:
+    """Shardings for the frozen base (plain arrays and quantised tensors), matching `params`.
+
+    `params` may hold arrays or `jax.ShapeDtypeStruct`s. A plain array dimension named by a rule is
+    split only when its size divides by the axis size; otherwise it stays whole.
+    """
+    if mesh.shape[MODEL] == 1:
+        return jax.tree.map(lambda _: replicated(mesh), params)
+
+    def visit(path, leaf):
+        p = qtree.path_str(path)
+        if base.is_quantized(leaf):
+            matched = any(re.search(pattern, p) for pattern, _ in config.base_rules)
+            return quantized_sharding(leaf, mesh) if matched else tree_replicated(leaf, mesh)
+        spec = _spec_for(p, np.ndim(leaf), config.base_rules, mesh)
+        dims = [
+            d if d is None or np.shape(leaf)[i] % mesh.shape[d] == 0 else None
+            for i, d in enumerate(spec)
+        ]
+        return NamedSharding(mesh, PartitionSpec(*dims))
+
+    return jax.tree_util.tree_map_with_path(visit, params, is_leaf=base.is_quantized)
+
+
+def put(tree: Any, shardings: Any) -> Any:
+    """`jax.device_put` of host or device arrays onto `shardings` (same structure)."""
+    return jax.device_put(tree, shardings)
+
+
+def global_batch(local: Any, sharding_tree: Any) -> Any:
+    """Assembles a global batch from this process's rows (`jax.make_array_from_process_local_data`).
+
+    With one process this is a sharded `device_put`; with several, each host passes the rows its
+    devices own along the sharded axis.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(local, sharding_tree)
+    return jax.tree.map(jax.make_array_from_process_local_data, sharding_tree, local)
+
+
+def abstract(tree: Any, shardings: Any) -> Any:
+    """`jax.ShapeDtypeStruct`s of `tree` carrying `shardings` (restore targets for orbax)."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings
+    )

@@ -1,0 +1,266 @@
+"""Teacher-forced loss, token accuracy, and the speaker-independent (stage 2) training step.
+
+A batch is a dict of arrays:
+    mel      [B, n_mels, frames]  log-mel of one audio window (frames = 100 x window seconds)
+    inputs   [B, T] int32         decoder input: prompt + text + end-of-text, padded
+    targets  [B, T] int32         inputs shifted left by one (the token each position predicts)
+    weights  [B, T] float32       1 on text and end-of-text targets, 0 on the prompt and padding
+A training batch carries a leading micro-batch axis [A, B, ...] (A = gradient accumulation).
+
+The three pytrees stay apart: gradients are taken as `jax.grad(loss)(lora, base, batch)`; the
+optimiser state belongs to the LoRA tree only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from pqm_jax import sharding
+from pqm_jax.models import whisper
+from pqm_jax.quant import base as qbase
+from pqm_jax.train import optim
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """What a step computes (hashable: a static argument of jit).
+
+    Attributes:
+      model: the architecture, already cut to the training audio window (see `window`).
+      dtype: compute dtype of activations, "float32" or "bfloat16" (LoRA weights, optimiser
+        state and the loss stay float32).
+      dropout: residual/activation dropout of the backbone (Whisper checkpoints: 0). LoRA
+        dropout is a property of the adapters.
+    """
+
+    model: whisper.WhisperConfig
+    dtype: str = "float32"
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"compute dtype {self.dtype!r} unknown; use one of {tuple(DTYPES)}")
+
+
+def window_positions(window_s: float) -> int:
+    """Encoder positions of an audio window: 50 per second (2 mel frames of 10 ms each)."""
+    positions = round(window_s * 50)
+    if positions < 1 or abs(positions - window_s * 50) > 1e-6:
+        raise ValueError(f"audio_window_s must be a positive multiple of 0.02 s, got {window_s}")
+    return positions
+
+
+def window(
+    params: dict, config: whisper.WhisperConfig, window_s: float
+) -> tuple[dict, whisper.WhisperConfig]:
+    """The model cut to an audio window of `window_s` seconds (30 = Whisper as released).
+
+    Whisper's encoder takes a fixed 30 s window; a shorter one keeps the first positions of the
+    (sinusoidal) encoder position table, as whisper.cpp's `audio_ctx` does. Training and
+    evaluation must use the same window.
+
+    Returns:
+      (params with `encoder/embed_positions` [positions, d], config with max_source_positions =
+      positions, so `encode` expects mel [B, n_mels, 2 * positions]).
+    """
+    positions = window_positions(window_s)
+    if positions > config.max_source_positions:
+        raise ValueError(
+            f"audio window {window_s} s needs {positions} encoder positions; the model has "
+            f"{config.max_source_positions} ({config.max_source_positions / 50:g} s)"
+        )
+    table = params["encoder"]["embed_positions"]
+    if qbase.is_quantized(table):
+        raise ValueError("encoder/embed_positions must stay unquantised to cut the window")
+    encoder = {**params["encoder"], "embed_positions": table[:positions]}
+    cut = dataclasses.replace(config, max_source_positions=positions)
+    return {**params, "encoder": encoder}, cut
+
+
+def token_stats(
+    lora: Any,
+    base: dict,
+    batch: dict,
+    *,
+    config: StepConfig,
+    rng: jax.Array | None = None,
+) -> dict[str, jax.Array]:
+    """Sums over the batch's weighted target tokens (float32 scalars).
+
+    Returns:
+      {"loss_sum": sum of token cross-entropies, "correct": argmax hits, "tokens": weight sum}.
+    """
+    dtype = DTYPES[config.dtype]
+    kw = dict(config=config.model, lora=lora, dtype=dtype)
+    kw |= dict(dropout_rng=rng, dropout_rate=config.dropout)
+    enc = whisper.encode(base, batch["mel"], **kw)
+    logits = whisper.decode(base, batch["inputs"], enc, **kw)  # float32 [B, T, vocab]
+    targets = batch["targets"]
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    w = batch["weights"].astype(jnp.float32)
+    hit = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    return {"loss_sum": jnp.sum(nll * w), "correct": jnp.sum(hit * w), "tokens": jnp.sum(w)}
+
+
+def _loss_sum(lora, base, batch, config, rng):
+    stats = token_stats(lora, base, batch, config=config, rng=rng)
+    return stats["loss_sum"], stats
+
+
+def gradients(
+    lora: Any, base: dict, batch: dict, *, config: StepConfig, rng: jax.Array | None
+) -> tuple[Any, dict[str, jax.Array]]:
+    """Gradient of the mean token loss over all A micro-batches of `batch` [A, B, ...].
+
+    Micro-batch gradients of the loss *sums* are added, then divided by the total token count,
+    so accumulation gives the gradient of the full batch's mean (no 1/A weighting error when
+    micro-batches hold different numbers of tokens).
+    """
+    grad_fn = jax.grad(_loss_sum, has_aux=True)
+    n_micro = jax.tree.leaves(batch)[0].shape[0]
+
+    def micro(i, b):
+        return grad_fn(lora, base, b, config, None if rng is None else jax.random.fold_in(rng, i))
+
+    if n_micro == 1:
+        g, stats = micro(0, jax.tree.map(lambda x: x[0], batch))
+    else:
+
+        def body(carry, xs):
+            i, b = xs
+            g_i, s_i = micro(i, b)
+            return jax.tree.map(jnp.add, carry, (g_i, s_i)), None
+
+        zero_g = jax.tree.map(jnp.zeros_like, lora)
+        zero_s = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct", "tokens")}
+        (g, stats), _ = jax.lax.scan(body, (zero_g, zero_s), (jnp.arange(n_micro), batch))
+    total = jnp.maximum(stats["tokens"], 1.0)
+    return jax.tree.map(lambda x: x / total, g), stats
+
+
+def update(
+    lora: Any,
+    opt_state: Any,
+    base: dict,
+    batch: dict,
+    step: jax.Array,
+    *,
+    config: StepConfig,
+    optimizer: optim.OptimConfig,
+    rng: jax.Array | None,
+    steps_per_epoch: Any,
+    total_steps: Any,
+) -> tuple[Any, Any, dict[str, jax.Array]]:
+    """One optimiser update of `lora` on `batch` [A, B, ...]; the base is untouched.
+
+    Returns:
+      (lora, opt_state, metrics): loss (mean token cross-entropy), accuracy, tokens, lr,
+      grad_norm (before clipping), all float32 scalars.
+    """
+    grads, stats = gradients(lora, base, batch, config=config, rng=rng)
+    lr = optim.learning_rate(
+        optimizer, step, steps_per_epoch=steps_per_epoch, total_steps=total_steps
+    )
+    new_lora, new_opt = optim.apply(optimizer, grads, opt_state, lora, lr)
+    total = jnp.maximum(stats["tokens"], 1.0)
+    metrics = {
+        "loss": stats["loss_sum"] / total,
+        "accuracy": stats["correct"] / total,
+        "tokens": stats["tokens"],
+        "lr": lr,
+        "grad_norm": optax.tree.norm(grads),
+    }
+    return new_lora, new_opt, metrics
+
+
+def step_key(key: jax.Array, step: Any) -> jax.Array:
+    """The dropout key of update `step` (and of nothing else): fold_in(key, step)."""
+    return jax.random.fold_in(key, step)
+
+
+def si_step(
+    lora: Any,
+    opt_state: Any,
+    base: dict,
+    batch: dict,
+    step: jax.Array,
+    key: jax.Array,
+    *,
+    config: StepConfig,
+    optimizer: optim.OptimConfig,
+    steps_per_epoch: int,
+    total_steps: int,
+) -> tuple[Any, Any, dict[str, jax.Array]]:
+    """Stage-2 step: `update` with the dropout key folded from `step`."""
+    return update(
+        lora,
+        opt_state,
+        base,
+        batch,
+        step,
+        config=config,
+        optimizer=optimizer,
+        rng=step_key(key, step),
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+    )
+
+
+def jit_si_step(
+    *,
+    config: StepConfig,
+    optimizer: optim.OptimConfig,
+    steps_per_epoch: int,
+    total_steps: int,
+    mesh: jax.sharding.Mesh,
+    lora: Any,
+    opt_state: Any,
+    base_shardings: Any,
+) -> Any:
+    """`si_step` as one `jax.jit` with explicit shardings over `mesh`.
+
+    LoRA tree, optimiser state, step, key and metrics are replicated; the base follows
+    `base_shardings` (maybe split over "model"); the batch [A, B, ...] is split over "data"
+    along B. `lora`/`opt_state` (arrays or abstract) only give the tree structures.
+
+    Returns:
+      f(lora, opt_state, base, batch, step, key) -> (lora, opt_state, metrics).
+    """
+    fn = functools.partial(
+        si_step,
+        config=config,
+        optimizer=optimizer,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+    )
+    rep = sharding.replicated(mesh)
+    lora_s = sharding.tree_replicated(lora, mesh)
+    opt_s = sharding.tree_replicated(opt_state, mesh)
+    batch_s = sharding.leading(mesh, axis=1)
+    return jax.jit(
+        fn,
+        in_shardings=(lora_s, opt_s, base_shardings, batch_s, rep, rep),
+        out_shardings=(lora_s, opt_s, rep),
+    )
+
+
+def jit_eval(*, config: StepConfig, mesh: jax.sharding.Mesh, lora: Any, base_shardings: Any) -> Any:
+    """Jitted `token_stats` (no dropout) for dev batches [B, ...] split over "data".
+
+    Returns:
+      f(lora, base, batch) -> {"loss_sum", "correct", "tokens"} (replicated scalars).
+    """
+    rep = sharding.replicated(mesh)
+    return jax.jit(
+        functools.partial(token_stats, config=config, rng=None),
+        in_shardings=(sharding.tree_replicated(lora, mesh), base_shardings, sharding.leading(mesh)),
+        out_shardings=rep,
+    )
