@@ -61,33 +61,38 @@ def mlp(p: dict, x: jax.Array, lora: Any, rng: jax.Array | None, rate: float) ->
     return proj(p, h, lora, rng, "fc2")
 
 
-def split_heads(x: jax.Array, heads: int) -> jax.Array:
-    """[B, T, d] -> [B, T, heads, d // heads]."""
+def to_heads(x: jax.Array, heads: int) -> jax.Array:
+    """[B, T, d] -> head-major [B, heads, T, d // heads] (the layout of cached keys/values)."""
     b, t, d = x.shape
-    return x.reshape(b, t, heads, d // heads)
+    return x.reshape(b, t, heads, d // heads).transpose(0, 2, 1, 3)
 
 
-def attend(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *, heads: int
-) -> jax.Array:
+def from_heads(x: jax.Array) -> jax.Array:
+    """[B, heads, T, head_dim] -> [B, T, heads * head_dim]."""
+    b, h, t, c = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(b, t, h * c)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
     """Softmax attention over projected queries that are already scaled by head_dim**-0.5.
+
+    Keys and values are head-major, so that both products are plain batched matrix products
+    over (batch, head) with no transposes of the (long, cached) key/value arrays.
 
     Args:
       q: [B, Tq, d] queries (HF scales the q projection before the dot product; so do we).
-      k, v: [B, Tk, d].
+      k, v: [B, heads, Tk, head_dim].
       mask: boolean, broadcastable to [B, heads, Tq, Tk] (True = may attend), or None.
-      heads: number of attention heads.
 
     Returns:
       [B, Tq, d]; scores and softmax in float32, output in v.dtype.
     """
-    qh, kh, vh = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
-    s = jnp.einsum("bqhc,bkhc->bhqk", qh, kh, preferred_element_type=jnp.float32)
+    qh = to_heads(q, k.shape[1])
+    s = jnp.einsum("bhqc,bhkc->bhqk", qh, k, preferred_element_type=jnp.float32)
     if mask is not None:
         s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
     w = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bkhc->bqhc", w, vh)
-    return out.reshape(*q.shape[:2], v.shape[-1])
+    return from_heads(jnp.einsum("bhqk,bhkc->bhqc", w, v))
 
 
 def query(p: dict, x: jax.Array, lora: Any, rng: jax.Array | None, *, heads: int) -> jax.Array:
@@ -97,10 +102,11 @@ def query(p: dict, x: jax.Array, lora: Any, rng: jax.Array | None, *, heads: int
 
 
 def keys_values(
-    p: dict, x: jax.Array, lora: Any, rng: jax.Array | None
+    p: dict, x: jax.Array, lora: Any, rng: jax.Array | None, *, heads: int
 ) -> tuple[jax.Array, jax.Array]:
-    """(k_proj(x), v_proj(x)), each [B, T, d]; k_proj has no bias in Whisper."""
-    return proj(p, x, lora, rng, "k_proj"), proj(p, x, lora, rng, "v_proj")
+    """(k_proj(x), v_proj(x)) head-major, each [B, heads, T, head_dim]; k_proj has no bias."""
+    k, v = proj(p, x, lora, rng, "k_proj"), proj(p, x, lora, rng, "v_proj")
+    return to_heads(k, heads), to_heads(v, heads)
 
 
 def output(p: dict, o: jax.Array, lora: Any, rng: jax.Array | None) -> jax.Array:

@@ -255,7 +255,7 @@ def _beam(params, mel, lora, config: whisper.WhisperConfig, opts: DecodeOptions)
     rows = batch * k
     lora_rows = _repeat_bank(lora, k)
     step = functools.partial(whisper.decode_step, config=config, lora=lora_rows, dtype=dtype)
-    cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis=1) if x.ndim == 4 else x, cache)
+    cache = cache.replace(k=jnp.repeat(cache.k, k, axis=1), v=jnp.repeat(cache.v, k, axis=1))
     neg = jnp.float32(-jnp.inf)
 
     def penalised(score, n):

