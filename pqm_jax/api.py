@@ -337,18 +337,19 @@ def load_model(
       quant_options: scheme options when `quant` is a name, e.g. {"double_quant": True}.
       dtype: compute dtype, "float32" or "bfloat16".
     """
-    params, config, folder = _read(name_or_path)
     if isinstance(quant, str):
         quant = QuantConfig(scheme=quant, options=dict(quant_options or {}))
     elif quant_options is not None:
         raise ValueError("quant_options goes with a scheme name; put options in QuantConfig")
-    params = jax.tree.map(jnp.asarray, params)
     if quant is not None:
-        base.get_scheme(quant.scheme)  # a clear error for an unknown scheme
-        params = quantize_params(params, quant)
+        base.get_scheme(quant.scheme)  # a clear error for an unknown scheme, before loading
     dtype = jnp.dtype(dtype).name
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
+    params, config, folder = _read(name_or_path)
+    params = jax.tree.map(jnp.asarray, params)
+    if quant is not None:
+        params = quantize_params(params, quant)
     return WhisperModel(
         params=params,
         config=config,
