@@ -46,11 +46,15 @@ def _model() -> api.WhisperModel:
 
 
 def _clips(n: int, seed: int = 0) -> list[np.ndarray]:
+    """Tones of different pitches and lengths: the random model transcribes them differently."""
     rng = np.random.default_rng(seed)
-    return [
-        (0.1 * rng.normal(size=int(rng.integers(4_000, 40_000)))).astype(np.float32)
-        for _ in range(n)
-    ]
+    clips = []
+    for i in range(n):
+        t = np.arange(int(rng.integers(4_000, 40_000))) / 16_000
+        pitch = (200.0, 900.0, 2_500.0, 5_000.0, 7_000.0)[(i + seed) % 5]
+        on = t < rng.uniform(0.2, 2.5)
+        clips.append((0.5 * np.sin(2 * np.pi * pitch * t) * on).astype(np.float32))
+    return clips
 
 
 def test_batches_padding_and_order_do_not_change_transcripts():
@@ -58,6 +62,7 @@ def test_batches_padding_and_order_do_not_change_transcripts():
     together = m.transcribe(clips, batch_size=2, max_new_tokens=MAX_NEW, progress=False)
     alone = [m.transcribe(c, batch_size=2, max_new_tokens=MAX_NEW)[0] for c in clips]
     assert together == alone
+    assert len(set(together)) > 2  # distinct transcripts, so a mix-up in the order would show
     assert all(isinstance(t, str) for t in together)
     assert m.transcribe([], max_new_tokens=MAX_NEW) == []
 
