@@ -1,0 +1,117 @@
+"""Inputs of the Conformer AED: a character vocabulary built from training text, and SpecAugment.
+
+The vocabulary follows ESPnet's `token_list` convention: `<blank>` = 0 (CTC blank), `<unk>` = 1,
+the characters (a space is `<space>`), and `<sos/eos>` last (= `ConformerConfig.sos`/`eos`), so a
+token list written by `save` reads like an ESPnet `tokens.txt`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+from collections.abc import Iterable
+
+import jax
+import jax.numpy as jnp
+
+BLANK, UNK, SOS_EOS, SPACE = "<blank>", "<unk>", "<sos/eos>", "<space>"
+
+
+@dataclasses.dataclass(frozen=True)
+class CharVocab:
+    """Character vocabulary; `tokens[i]` is the text of id i."""
+
+    tokens: tuple[str, ...]
+
+    @classmethod
+    def build(cls, texts: Iterable[str], *, min_count: int = 1) -> CharVocab:
+        """Every character seen at least `min_count` times in `texts`, sorted (stable ids)."""
+        counts = collections.Counter(ch for text in texts for ch in text)
+        chars = sorted(SPACE if ch == " " else ch for ch, n in counts.items() if n >= min_count)
+        return cls((BLANK, UNK, *chars, SOS_EOS))
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def eos(self) -> int:
+        return len(self.tokens) - 1
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of the characters of `text` (unknown characters -> `<unk>`)."""
+        index = {t: i for i, t in enumerate(self.tokens)}
+        return [index.get(SPACE if ch == " " else ch, 1) for ch in text]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids`, stopping at `<sos/eos>` and skipping blanks."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == self.eos:
+                break
+            if i == 0:
+                continue
+            tok = self.tokens[i]
+            out.append(" " if tok == SPACE else tok)
+        return "".join(out)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """One token a line (ESPnet `tokens.txt`)."""
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(self.tokens) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CharVocab:
+        with open(path, encoding="utf-8") as f:
+            tokens = tuple(line.rstrip("\n") for line in f if line.strip())
+        if tokens[:2] != (BLANK, UNK) or tokens[-1] != SOS_EOS:
+            raise ValueError(f"{path}: not a token list with <blank>, <unk> first, <sos/eos> last")
+        return cls(tokens)
+
+
+def _masks(key: jax.Array, size: jax.Array, n: int, width: jax.Array, axis_len: int) -> jax.Array:
+    """n random bands per row: [B, axis_len] True inside a band. size, width: [B] limits."""
+    b = size.shape[0]
+    kw, ks = jax.random.split(key)
+    w = jnp.floor(jax.random.uniform(kw, (b, n)) * (width[:, None] + 1)).astype(jnp.int32)
+    room = jnp.maximum(size[:, None] - w, 0)
+    start = jnp.floor(jax.random.uniform(ks, (b, n)) * (room + 1)).astype(jnp.int32)
+    pos = jnp.arange(axis_len)[None, None, :]
+    band = (pos >= start[..., None]) & (pos < (start + w)[..., None])
+    return band.any(1)
+
+
+def spec_augment(
+    feats: jax.Array,
+    feat_lens: jax.Array,
+    *,
+    key: jax.Array,
+    freq_masks: int = 2,
+    freq_width: int = 27,
+    time_masks: int = 2,
+    time_width: int = 40,
+    time_ratio: float = 0.05,
+) -> jax.Array:
+    """SpecAugment frequency and time masking (no time warp), zeros as the mask value.
+
+    Each utterance gets `freq_masks` bands of 0..freq_width bins and `time_masks` bands of
+    0..min(time_width, time_ratio * length) frames inside its valid frames (ESPnet2's LibriSpeech
+    settings by default). Jittable; the key decides everything.
+
+    Args:
+      feats: [B, T, F]; feat_lens: [B].
+
+    Returns:
+      [B, T, F] masked features.
+    """
+    b, t, f = feats.shape
+    kf, kt = jax.random.split(key)
+    fw = jnp.full((b,), min(freq_width, f), jnp.int32)
+    fmask = _masks(kf, jnp.full((b,), f, jnp.int32), freq_masks, fw, f)  # [B, F]
+    lens = jnp.asarray(feat_lens, jnp.int32)
+    tw = jnp.minimum(time_width, jnp.floor(time_ratio * lens).astype(jnp.int32))
+    tmask = _masks(kt, lens, time_masks, tw, t)  # [B, T]
+    masked = fmask[:, None, :] | tmask[:, :, None]
+    return jnp.where(masked, jnp.zeros((), feats.dtype), feats)
