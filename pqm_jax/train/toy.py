@@ -46,13 +46,18 @@ def tiny_config(
 
 
 def quantized_model(
-    config: whisper.WhisperConfig, *, key: jax.Array, scheme: str = "nf4", block_size: int = 64
+    config: whisper.WhisperConfig,
+    *,
+    key: jax.Array,
+    scheme: str = "nf4",
+    block_size: int = 64,
+    targets: tuple[str, ...] = QUANT_TARGETS,
 ) -> dict:
-    """Random params with the paper's targets quantised (double quantisation on)."""
+    """Random params with `targets` (default: the paper's) quantised, double quantisation on."""
     params = whisper.init(config, key=key)
     return qtree.quantize_tree(
         params,
-        qtree.match_any(QUANT_TARGETS),
+        qtree.match_any(targets),
         scheme,
         block_size=block_size,
         double_quant=True,
