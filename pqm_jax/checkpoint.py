@@ -35,7 +35,7 @@ import pqm_jax
 
 INTEGRITY = "pqm_integrity.json"
 _FORMAT = 1
-_STEP = re.compile(r"^step_(\d{8})$")
+_STEP = re.compile(r"^step_(\d{8,})$")
 
 
 class CheckpointWarning(pqm_jax.PQMWarning):

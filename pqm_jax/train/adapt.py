@@ -30,7 +30,18 @@ from pqm_jax import sharding
 from pqm_jax.train import examples as ex
 from pqm_jax.train import optim, steps
 
-TRACKED = ("step", "total", "per_epoch", "every", "best_acc", "best_step", "bad", "active")
+TRACKED = (
+    "step",
+    "total",
+    "per_epoch",
+    "every",
+    "start_acc",
+    "best_acc",
+    "best_step",
+    "bad",
+    "active",
+)
+_FLOATS = ("start_acc", "best_acc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +102,7 @@ class SpeakerResult:
     """How one speaker's adaptation ended."""
 
     speaker: str
+    start_dev_accuracy: float
     best_dev_accuracy: float
     best_step: int
     steps: int
@@ -259,8 +271,9 @@ def init_chunk(
     bank = jax.tree.map(lambda x: jnp.broadcast_to(x, (c, *x.shape)), init_lora)
     if programs.mesh is not None:
         bank = sharding.put(bank, sharding.tree_leading(bank, programs.mesh))
-    tracker = {k: np.zeros(c, np.float64 if k == "best_acc" else np.int64) for k in TRACKED}
+    tracker = {k: np.zeros(c, np.float64 if k in _FLOATS else np.int64) for k in TRACKED}
     tracker["best_acc"][:] = -1.0
+    tracker["start_acc"][:] = np.nan
     for i, s in enumerate(speakers):
         n = len(data[s].train)
         tracker["per_epoch"][i] = ex.steps_per_epoch(n, config.batch_size)
@@ -331,6 +344,7 @@ def start(state: ChunkState, base: dict, data, *, config: AdaptConfig, programs)
     acc = evaluate(state, state.bank, base, data, config=config, programs=programs)
     due = state.tracker["active"].astype(bool)
     state.tracker["best_acc"] = np.where(due, acc, state.tracker["best_acc"])
+    state.tracker["start_acc"] = np.where(due, acc, np.nan)
     state.best = state.bank
 
 
@@ -376,6 +390,7 @@ def results(state: ChunkState, config: AdaptConfig) -> list[SpeakerResult]:
         out.append(
             SpeakerResult(
                 speaker=s,
+                start_dev_accuracy=float(t["start_acc"][i]),
                 best_dev_accuracy=float(t["best_acc"][i]),
                 best_step=int(t["best_step"][i]),
                 steps=int(t["step"][i]),

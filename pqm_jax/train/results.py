@@ -1,0 +1,112 @@
+"""Reading a finished (or partly finished) run back: base, adapters, bank, splits, features.
+
+    res = results.load(workdir)
+    base, model_config = res.model()            # quantised, cut to the training audio window
+    si = res.si_lora()                          # stage-2 adapters
+    lora = res.speaker_lora("en-029")           # one speaker: reads only its files
+    bank, names = res.bank()                    # all adapted speakers stacked [S, ...]
+    corpus = res.corpus()                       # the same adapt/dev/test splits
+    mel = res.feature_store().get(entry)        # cached log-mel of any entry
+
+The evaluation must use `model()` (or `steps.window` with `res.config.model.audio_window_s`):
+the adapters were trained on that window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import jax
+
+from pqm_jax import checkpoint
+from pqm_jax import lora as lora_lib
+from pqm_jax.data import issues
+from pqm_jax.train import config as config_lib
+from pqm_jax.train import corpus as corpus_lib
+from pqm_jax.train import featurize, pipeline, stages, steps
+
+
+@dataclasses.dataclass(eq=False)
+class Results:
+    """Handle on a run folder; everything is read lazily, on request."""
+
+    workdir: pathlib.Path
+    config: config_lib.RunConfig
+    _backbone: tuple | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """stage3/manifest.json ({} before stage 3 has finished a chunk)."""
+        path = self.workdir / stages.MANIFEST
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def speakers(self) -> list[str]:
+        """Adapted speakers, sorted."""
+        return sorted(self.manifest.get("speakers", {}))
+
+    def backbone(self) -> tuple[dict, Any, Any]:
+        """(quantised base, full WhisperConfig, tokenizer) from `ckpt/base` (read once)."""
+        if self._backbone is None:
+            self._backbone = pipeline.quantized_base(self.config, self.workdir)
+        return self._backbone
+
+    def model(self) -> tuple[dict, Any]:
+        """(quantised base, WhisperConfig) cut to the run's audio window."""
+        base, cfg, _ = self.backbone()
+        return steps.window(base, cfg, self.config.model.audio_window_s)
+
+    def tokenizer(self) -> Any:
+        return self.backbone()[2]
+
+    def _template(self) -> Any:
+        base = self.backbone()[0]
+        return jax.eval_shape(lambda: lora_lib.init(base, self.config.lora, key=jax.random.key(0)))
+
+    def si_lora(self) -> Any:
+        """The stage-2 adapters (initial adapters when stage 2 was disabled)."""
+        out = checkpoint.restore(self.workdir / stages.STAGE2_FINAL, {"lora": self._template()})
+        return out["lora"]
+
+    def si_info(self) -> dict[str, Any]:
+        path = self.workdir / stages.STAGE2_FINAL
+        return checkpoint.restore(path, {"info": checkpoint.Json()})["info"]
+
+    def speaker_lora(self, speaker: str, template: Any = None) -> Any:
+        """One speaker's best adapters (only its own files are read and verified)."""
+        row = self.manifest.get("speakers", {}).get(speaker)
+        if row is None:
+            raise KeyError(f"speaker {speaker!r} not adapted; adapted: {self.speakers()}")
+        path = self.workdir / stages.BANK / f"chunk_{row['chunk']:04d}"
+        template = template if template is not None else self._template()
+        return checkpoint.restore(path, {row["item"]: template})[row["item"]]
+
+    def bank(self, speakers: list[str] | None = None) -> tuple[Any, list[str]]:
+        """(adapters of `speakers` (default all) stacked [S, ...], speaker index)."""
+        names = self.speakers() if speakers is None else list(speakers)
+        template = self._template()
+        return lora_lib.stack([self.speaker_lora(s, template) for s in names]), names
+
+    def corpus(self, report: issues.InputReport | None = None) -> corpus_lib.Corpus:
+        """The run's corpus (same splits; synthetic audio is reused, not re-rendered)."""
+        return corpus_lib.build(self.config.data, self.workdir, report=issues.default(report))
+
+    def feature_store(self, report: issues.InputReport | None = None) -> featurize.FeatureStore:
+        """The run's feature cache (window and mel bins of training)."""
+        return featurize.FeatureStore(
+            self.workdir / "features",
+            window_s=self.config.model.audio_window_s,
+            n_mels=self.backbone()[1].n_mels,
+            report=report,
+        )
+
+
+def load(workdir: str | pathlib.Path) -> Results:
+    """A handle on the run in `workdir` (its config.json must exist)."""
+    workdir = pathlib.Path(workdir)
+    path = workdir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{workdir} holds no run (no config.json)")
+    return Results(workdir=workdir, config=config_lib.from_dict(json.loads(path.read_text())))
