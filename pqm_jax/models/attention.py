@@ -17,6 +17,8 @@ from pqm_jax import layers
 from pqm_jax import lora as lora_lib
 
 LN_EPS = 1e-5
+# Query x key positions from which unmasked attention runs head by head (see _attend_per_head).
+LONG_ATTENTION = 256 * 256
 
 
 def fold(rng: jax.Array | None, *names: str | int) -> jax.Array | None:
@@ -88,11 +90,33 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> 
       [B, Tq, d]; scores and softmax in float32, output in v.dtype.
     """
     qh = to_heads(q, k.shape[1])
+    if mask is None and qh.shape[2] * k.shape[2] >= LONG_ATTENTION:
+        return from_heads(_attend_per_head(qh, k, v))
     s = jnp.einsum("bhqc,bhkc->bhqk", qh, k, preferred_element_type=jnp.float32)
     if mask is not None:
         s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
     w = jax.nn.softmax(s, axis=-1).astype(v.dtype)
     return from_heads(jnp.einsum("bhqk,bhkc->bhqc", w, v))
+
+
+def _attend_per_head(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Unmasked attention one (batch, head) pair at a time: [B, H, Tq, c] -> [B, H, Tq, c].
+
+    Batched, the encoder's [B, H, 1500, 1500] scores (432 MB for tiny at batch 8) stream through
+    memory several times; one head's 9 MB stay in cache, which is ~3x faster on CPU (and below
+    PyTorch's fused SDPA). Softmax normalisation is applied after the value product.
+    """
+    b, h, tq, c = q.shape
+
+    def one(args):
+        qi, ki, vi = args
+        s = jnp.einsum("qc,kc->qk", qi, ki, preferred_element_type=jnp.float32)
+        e = jnp.exp(s - s.max(-1, keepdims=True))
+        o = jnp.einsum("qk,kc->qc", e.astype(vi.dtype), vi, preferred_element_type=jnp.float32)
+        return (o / e.sum(-1, keepdims=True)).astype(vi.dtype)
+
+    flat = lambda x: x.reshape(b * h, *x.shape[2:])
+    return jax.lax.map(one, (flat(q), flat(k), flat(v))).reshape(b, h, tq, c)
 
 
 def query(p: dict, x: jax.Array, lora: Any, rng: jax.Array | None, *, heads: int) -> jax.Array:

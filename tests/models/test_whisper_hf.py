@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pqm_jax.models import whisper
+from pqm_jax.models import attention, whisper
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -191,6 +191,21 @@ def test_encoder_and_teacher_forced_logits_match_hf():
     enc = _encode(params, jnp.asarray(mel))
     np.testing.assert_allclose(np.asarray(enc), hf_enc, atol=1e-4, rtol=1e-4)
     logits = _decode(params, jnp.asarray(tokens), enc)
+    np.testing.assert_allclose(np.asarray(logits), hf_logits(model, mel, tokens), atol=1e-4)
+
+
+def test_head_by_head_attention_matches_hf(monkeypatch):
+    """The long-sequence path (unmasked attention one head at a time) on the tiny model too."""
+    model, c = hf_tiny(), config()
+    params = params_of(model)
+    mel, tokens = mel_batch(2, seed=9), _tokens(2, 6, seed=9)
+    monkeypatch.setattr(attention, "LONG_ATTENTION", 1)
+
+    @jax.jit  # a fresh function: traced with the patched threshold
+    def forward(params, mel, tokens):
+        return whisper.decode(params, tokens, whisper.encode(params, mel, config=c), config=c)
+
+    logits = forward(params, jnp.asarray(mel), jnp.asarray(tokens))
     np.testing.assert_allclose(np.asarray(logits), hf_logits(model, mel, tokens), atol=1e-4)
 
 

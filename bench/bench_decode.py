@@ -1,0 +1,288 @@
+"""Real-time factor of greedy Whisper decoding: our jitted JAX (float32, NF4) vs transformers'
+PyTorch Whisper and CTranslate2, same weights, same audio, same features, same thread count.
+
+    python bench/bench_decode.py                      # tiny.en, 16 clips of ~10 s, batch 8
+    python bench/bench_decode.py --model base --clips 8
+    python bench/bench_decode.py --engines jax,jax-nf4,hf --repeats 3
+
+Audio: FSDD digits of one speaker joined with 0.15 s of silence into ~`--seconds` s clips
+(`$PQM_SHARED_DATA/fsdd`), resampled to 16 kHz. Each clip is one padded 30 s window (as Whisper
+decodes). Times cover encoder + decoding from log-mel features (computed once, shared by every
+engine; their cost is printed separately); compilation and a warm-up batch are excluded. Engines
+run round-robin `--repeats` times and the best time counts, which damps noise from other load.
+RTF = seconds of compute / seconds of audio (lower is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+ENGINES = ("jax", "jax-nf4", "hf", "hf-b1", "ct2", "ct2-int8")
+
+
+@dataclasses.dataclass
+class Setup:
+    name: str
+    folder: str
+    params: dict
+    config: object
+    tokenizer: object
+    mel: np.ndarray
+    audio_s: float
+    refs: list[str]
+
+
+def _clips(n: int, seconds: float, seed: int) -> tuple[list[np.ndarray], list[str]]:
+    from pqm_jax import resources, text
+    from pqm_jax.data import audio
+
+    folder = resources.shared_data_dir() / "fsdd" / "recordings"
+    if not folder.is_dir():
+        raise SystemExit(f"FSDD not found under {folder}; set $PQM_SHARED_DATA")
+    speakers = sorted({p.name.split("_")[1] for p in folder.glob("*.wav")})
+    rng = np.random.default_rng(seed)
+    gap = np.zeros(2_400, np.float32)
+    clips, refs = [], []
+    for i in range(n):
+        speaker, parts, digits, total = speakers[i % len(speakers)], [], [], 0.0
+        while total < seconds:
+            d, take = int(rng.integers(10)), int(rng.integers(50))
+            wav, rate = audio.decode(folder / f"{d}_{speaker}_{take}.wav")
+            clip = audio.resample(wav[:, 0], rate)
+            parts += [clip, gap]
+            digits.append(d)
+            total += (clip.size + gap.size) / 16_000
+        clips.append(np.concatenate(parts[:-1]))
+        refs.append(" ".join(text.DIGIT_WORDS[d] for d in digits))
+    return clips, refs
+
+
+def _setup(model: str, n: int, seconds: float) -> Setup:
+    from pqm_jax import resources, text
+    from pqm_jax.convert import ct2
+    from pqm_jax.data import features
+
+    if model == "tiny.en":
+        folder = resources.tiny_en_dir()
+        params, config, _ = ct2.load(folder)
+    elif model == "base":
+        folder = resources.base_dir()
+        params, config, _ = ct2.load_parts(resources.base_parts())
+    else:
+        folder = model
+        params, config, _ = ct2.load(folder)
+    clips, refs = _clips(n, seconds, seed=0)
+    t = time.perf_counter()
+    mel = features.log_mel_batch(clips, features.FeatureConfig(n_mels=config.n_mels))
+    print(f"log-mel of {n} clips: {time.perf_counter() - t:.2f} s (not in the times below)")
+    audio_s = sum(c.size for c in clips) / 16_000
+    return Setup(model, str(folder), params, config, text.load(folder), mel, audio_s, refs)
+
+
+def _batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _jax_engine(s: Setup, batch: int, quant: str | None, predequantize: bool = True):
+    import jax
+    import jax.numpy as jnp
+
+    from pqm_jax import api
+    from pqm_jax.models import decoding
+
+    params = jax.tree.map(jnp.asarray, s.params)
+    if quant:
+        params = api.quantize_params(params, api.QuantConfig(scheme=quant))
+    model = api.WhisperModel(params=params, config=s.config, tokenizer=s.tokenizer)
+    opts = model.decode_options(predequantize=predequantize)
+
+    def run(mel: np.ndarray) -> list[list[int]]:
+        out = []
+        for sl in _batches(len(mel), batch):
+            chunk = mel[sl]
+            pad = batch - len(chunk)  # fixed batch shape: one compilation
+            if pad:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            r = decoding.generate(params, chunk, config=s.config, options=opts)
+            tokens, lengths = np.asarray(r.tokens), np.asarray(r.lengths)
+            out += [tokens[j, : lengths[j]].tolist() for j in range(len(mel[sl]))]
+        return out
+
+    return run
+
+
+def _hf_engine(s: Setup, batch: int, threads: int):
+    import torch
+    import transformers
+
+    from pqm_jax.convert import hf
+
+    torch.set_num_threads(threads)
+    tok, ids = s.tokenizer, s.tokenizer.special
+    cfg = transformers.WhisperConfig(
+        **hf.hf_config_dict(s.config, decoder_start_token_id=ids.sot, eos_token_id=ids.eot)
+    )
+    with torch.device("meta"):
+        model = transformers.WhisperForConditionalGeneration(cfg).eval()
+    state = {
+        k: torch.from_numpy(np.array(v)) for k, v in hf.to_state_dict(s.params, s.config).items()
+    }
+    model.load_state_dict(state, strict=True, assign=True)
+    gen = transformers.GenerationConfig(
+        decoder_start_token_id=ids.sot,
+        eos_token_id=ids.eot,
+        pad_token_id=ids.eot,
+        suppress_tokens=list(tok.suppress_tokens),
+        begin_suppress_tokens=list(tok.begin_suppress_tokens),
+        no_timestamps_token_id=ids.no_timestamps,
+        is_multilingual=tok.multilingual,
+        max_length=s.config.max_target_positions,
+    )
+    prompt = tok.prompt("en" if tok.multilingual else None)
+
+    def run(mel: np.ndarray) -> list[list[int]]:
+        out = []
+        with torch.inference_mode():
+            for sl in _batches(len(mel), batch):
+                x = torch.from_numpy(mel[sl])
+                start = torch.tensor([prompt] * len(x))
+                seqs = model.generate(x, generation_config=gen, decoder_input_ids=start)
+                out += [[t for t in row if t < ids.eot] for row in seqs.tolist()]
+        return out
+
+    return run
+
+
+def _ct2_engine(s: Setup, batch: int, threads: int, compute_type: str):
+    import ctranslate2
+
+    if s.name == "base":  # CT2 needs one model.bin: join the two published halves
+        import pathlib
+        import shutil
+        import tempfile
+
+        from pqm_jax import resources
+
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix="whisper-base-ct2-"))
+        with open(tmp / "model.bin", "wb") as f:
+            for part in resources.base_parts():
+                f.write(part.read_bytes())
+        for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+            if (pathlib.Path(s.folder) / name).is_file():
+                shutil.copy(pathlib.Path(s.folder) / name, tmp / name)
+        folder = str(tmp)
+    else:
+        folder = s.folder
+    model = ctranslate2.models.Whisper(
+        folder, device="cpu", compute_type=compute_type, intra_threads=threads
+    )
+    tok = s.tokenizer
+    prompt = tok.prompt("en" if tok.multilingual else None)
+
+    def run(mel: np.ndarray) -> list[list[int]]:
+        out = []
+        for sl in _batches(len(mel), batch):
+            x = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[sl]))
+            res = model.generate(x, [prompt] * (sl.stop - sl.start), beam_size=1)
+            out += [r.sequences_ids[0] for r in res]
+        return out
+
+    return run
+
+
+def _make(engine: str, s: Setup, batch: int, threads: int) -> Callable | None:
+    try:
+        if engine == "jax":
+            return _jax_engine(s, batch, None)
+        if engine == "jax-nf4":
+            return _jax_engine(s, batch, "nf4")
+        if engine == "jax-nf4-stepdequant":
+            return _jax_engine(s, batch, "nf4", predequantize=False)
+        if engine == "jax-b1":
+            return _jax_engine(s, 1, None)
+        if engine == "hf":
+            return _hf_engine(s, batch, threads)
+        if engine == "hf-b1":
+            return _hf_engine(s, 1, threads)
+        if engine == "ct2":
+            return _ct2_engine(s, batch, threads, "float32")
+        if engine == "ct2-int8":
+            return _ct2_engine(s, batch, threads, "int8")
+    except ImportError as e:
+        print(f"skipping {engine}: {e}")
+        return None
+    raise SystemExit(f"unknown engine {engine}")
+
+
+def _wer(hyps: list[str], refs: list[str]) -> float:
+    from pqm_jax import text
+
+    errors = words = 0
+    for h, r in zip(hyps, refs):
+        h, r = text.normalize_digits(h).split(), r.split()
+        d = np.arange(len(h) + 1)
+        for i, rw in enumerate(r, 1):  # word-level Levenshtein, one row at a time
+            prev, d = d, np.empty_like(d)
+            d[0] = i
+            for j, hw in enumerate(h, 1):
+                d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (rw != hw))
+        errors += int(d[-1])
+        words += len(r)
+    return errors / max(words, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny.en", help="tiny.en, base or a CT2 folder")
+    parser.add_argument("--clips", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="torch / CTranslate2 threads")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--engines", default=",".join(ENGINES))
+    args = parser.parse_args()
+
+    s = _setup(args.model, args.clips, args.seconds)
+    print(
+        f"model {args.model}: {args.clips} clips, {s.audio_s:.1f} s of audio, batch {args.batch},"
+        f" {args.threads} threads, {os.cpu_count()} CPUs"
+    )
+    runs: dict[str, Callable] = {}
+    for engine in args.engines.split(","):
+        run = _make(engine, s, args.batch, args.threads)
+        if run is not None:
+            t = time.perf_counter()
+            run(s.mel[: args.batch])  # compile / warm up on one batch
+            print(f"{engine}: warm-up {time.perf_counter() - t:.1f} s")
+            runs[engine] = run
+    best: dict[str, float] = {}
+    tokens: dict[str, list[list[int]]] = {}
+    for _ in range(args.repeats):
+        for engine, run in runs.items():
+            t = time.perf_counter()
+            tokens[engine] = run(s.mel)
+            best[engine] = min(best.get(engine, np.inf), time.perf_counter() - t)
+    ref_engine = "jax" if "jax" in tokens else next(iter(tokens))
+    print(
+        f"\n| engine | RTF | time (s) | vs transformers b{args.batch} | same tokens as "
+        f"{ref_engine} | WER |"
+    )
+    print("|---|---|---|---|---|---|")
+    for engine, secs in best.items():
+        same = sum(a == b for a, b in zip(tokens[engine], tokens[ref_engine]))
+        ratio = f"{best['hf'] / secs:.2f}x" if "hf" in best else "-"
+        hyps = [s.tokenizer.decode(t) for t in tokens[engine]]
+        print(
+            f"| {engine} | {secs / s.audio_s:.4f} | {secs:.2f} | {ratio} | "
+            f"{same}/{len(tokens[engine])} | {100 * _wer(hyps, s.refs):.1f}% |"
+        )
+
+
+if __name__ == "__main__":
+    main()
