@@ -187,7 +187,14 @@ def compile_programs(
     slots: int,
 ) -> Programs:
     """Jitted, vmapped step / dev evaluation / best selection for banks of `slots` speakers,
-    with explicit shardings: slot axis over "data", base per `base_shardings`."""
+    with explicit shardings: slot axis over "data", base per `base_shardings`. Cached per
+    process (see `steps.cached`)."""
+    key = ("adapt", config, optimizer, mesh, slots)
+    key += (steps.tree_key(lora), steps.tree_key(base_shardings))
+    return steps.cached(key, lambda: _compile(lora, config, optimizer, mesh, base_shardings, slots))
+
+
+def _compile(lora, config, optimizer, mesh, base_shardings, slots) -> Programs:
     fn = functools.partial(speaker_update, config=config, optimizer=optimizer)
     vstep = jax.vmap(fn, in_axes=(0, 0, None, 0, 0, 0, 0, 0, 0, None))
     stats = functools.partial(steps.token_stats, config=config, rng=None)

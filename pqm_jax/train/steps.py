@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from pqm_jax import sharding
@@ -27,6 +28,28 @@ from pqm_jax.quant import base as qbase
 from pqm_jax.train import optim
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_PROGRAMS: dict[Any, Any] = {}
+_MAX_PROGRAMS = 16
+
+
+def cached(key: Any, build: Any) -> Any:
+    """`build()` once per `key` in this process: the same jitted objects (and so the same
+    compiled executables) serve every run of a process, e.g. a resumed run or the evaluation
+    that follows training. At most 16 entries are kept."""
+    if key not in _PROGRAMS:
+        if len(_PROGRAMS) >= _MAX_PROGRAMS:
+            _PROGRAMS.pop(next(iter(_PROGRAMS)))
+        _PROGRAMS[key] = build()
+    return _PROGRAMS[key]
+
+
+def tree_key(tree: Any) -> tuple:
+    """A hashable description of a pytree: structure (with static fields), shapes, dtypes, and
+    the shardings when the leaves are shardings."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple(
+        x if isinstance(x, jax.sharding.Sharding) else (np.shape(x), str(x.dtype)) for x in leaves
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,10 +268,15 @@ def jit_si_step(
     lora_s = sharding.tree_replicated(lora, mesh)
     opt_s = sharding.tree_replicated(opt_state, mesh)
     batch_s = sharding.leading(mesh, axis=1)
-    return jax.jit(
-        fn,
-        in_shardings=(lora_s, opt_s, base_shardings, batch_s, rep, rep),
-        out_shardings=(lora_s, opt_s, rep),
+    key = ("si_step", config, optimizer, steps_per_epoch, total_steps, mesh, tree_key(lora))
+    key += (tree_key(opt_state), tree_key(base_shardings))
+    return cached(
+        key,
+        lambda: jax.jit(
+            fn,
+            in_shardings=(lora_s, opt_s, base_shardings, batch_s, rep, rep),
+            out_shardings=(lora_s, opt_s, rep),
+        ),
     )
 
 
@@ -259,8 +287,15 @@ def jit_eval(*, config: StepConfig, mesh: jax.sharding.Mesh, lora: Any, base_sha
       f(lora, base, batch) -> {"loss_sum", "correct", "tokens"} (replicated scalars).
     """
     rep = sharding.replicated(mesh)
-    return jax.jit(
-        functools.partial(token_stats, config=config, rng=None),
-        in_shardings=(sharding.tree_replicated(lora, mesh), base_shardings, sharding.leading(mesh)),
-        out_shardings=rep,
+    return cached(
+        ("eval", config, mesh, tree_key(lora), tree_key(base_shardings)),
+        lambda: jax.jit(
+            functools.partial(token_stats, config=config, rng=None),
+            in_shardings=(
+                sharding.tree_replicated(lora, mesh),
+                base_shardings,
+                sharding.leading(mesh),
+            ),
+            out_shardings=rep,
+        ),
     )
