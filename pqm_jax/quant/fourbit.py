@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from pqm_jax.quant import base
 
@@ -115,13 +116,23 @@ def _dequantize_absmax(codes: jax.Array, scale: jax.Array, offset: jax.Array) ->
     return jnp.asarray(DYNAMIC_MAP)[codes] * scale[idx] + offset
 
 
+@struct.dataclass
 class FourBitTensor(base.QuantizedTensor):
-    """Fields shared by the block-wise 4-bit schemes; subclasses set `TABLE` (16 code values).
+    """Fields shared by the block-wise 4-bit schemes; a subclass sets `TABLE` (16 code values) and
+    is decorated with `flax.struct.dataclass` again to register its own pytree type.
 
     Children: `codes` uint8 [ceil(n/2)]; `absmax` float32 [n_blocks] (uint8 codes with double
     quantisation); `absmax_scale` float32 [ceil(n_blocks/256)] and `absmax_offset` float32 [] with
     double quantisation, else None. Static: `shape`, `block_size`, `dtype`.
     """
+
+    codes: jax.Array
+    absmax: jax.Array
+    absmax_scale: Any
+    absmax_offset: Any
+    shape: tuple[int, ...] = struct.field(pytree_node=False)
+    block_size: int = struct.field(pytree_node=False)
+    dtype: str = struct.field(pytree_node=False)
 
     TABLE: ClassVar[np.ndarray]
 

@@ -40,14 +40,6 @@ SORTED = TABLE[ORDER]
 class FP4Tensor(fourbit.FourBitTensor):
     """FP4 codes (uint8, two a byte) + per-block absmax; see `fourbit.FourBitTensor`."""
 
-    codes: jax.Array
-    absmax: jax.Array
-    absmax_scale: Any
-    absmax_offset: Any
-    shape: tuple[int, ...] = struct.field(pytree_node=False)
-    block_size: int = struct.field(pytree_node=False)
-    dtype: str = struct.field(pytree_node=False)
-
     TABLE: ClassVar[np.ndarray] = TABLE
 
 

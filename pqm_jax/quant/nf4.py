@@ -39,14 +39,6 @@ TABLE = np.array(
 class NF4Tensor(fourbit.FourBitTensor):
     """NF4 codes (uint8, two a byte) + per-block absmax; see `fourbit.FourBitTensor`."""
 
-    codes: jax.Array
-    absmax: jax.Array
-    absmax_scale: Any
-    absmax_offset: Any
-    shape: tuple[int, ...] = struct.field(pytree_node=False)
-    block_size: int = struct.field(pytree_node=False)
-    dtype: str = struct.field(pytree_node=False)
-
     TABLE: ClassVar[np.ndarray] = TABLE
 
 
