@@ -91,7 +91,8 @@ def load_backbone(spec: config_lib.ModelSpec, *, seed: int) -> tuple[dict, Any, 
         max_target_positions=spec.max_tokens,
     )
     key = jax.random.fold_in(jax.random.key(seed), KEY_MODEL)
-    return whisper.init(cfg, key=key), cfg, tokenizer
+    init = steps.cached(("whisper.init",), lambda: jax.jit(whisper.init, static_argnums=0))
+    return init(cfg, key=key), cfg, tokenizer
 
 
 def quantize(params: dict, spec: config_lib.ModelSpec) -> dict:

@@ -11,7 +11,7 @@ from pqm_jax import sharding
 from pqm_jax.models import whisper
 from pqm_jax.train import optim, steps, toy
 
-CONFIG = toy.tiny_config(d_model=64, vocab_size=128, positions=16)
+CONFIG = toy.tiny_config(d_model=32, vocab_size=64, positions=8)
 OPT = optim.OptimConfig(name="adamw", learning_rate=1e-2, weight_decay=0.01, clip_norm=1.0)
 
 
@@ -64,9 +64,10 @@ def test_sharded_step_equals_single_device(model):
     assert codes.addressable_shards[0].data.shape[0] == codes.shape[0] // 2
     out_lora, _, m = fn(lora, opt_state, placed, batch, step, key)
     assert abs(float(m["loss"]) - float(ref_m["loss"])) < 1e-5
-    assert toy.tree_max_diff(out_lora, ref_lora) < 1e-6
-    # and the update is not trivially zero
-    assert toy.tree_max_diff(out_lora, lora) > 1e-4
+    # Same updates up to float re-association of the data-parallel gradient sum: the Adam
+    # update is ~lr = 1e-2 per weight, the difference 4 orders of magnitude below it.
+    assert toy.tree_max_diff(out_lora, ref_lora) < 1e-5
+    assert toy.tree_max_diff(out_lora, lora) > 1e-3
 
 
 def test_padding_weights_do_not_matter(model):
@@ -112,9 +113,9 @@ def test_bfloat16_compute_runs(model):
 
 def test_window_cuts_positions():
     params = whisper.init(CONFIG, key=jax.random.key(0))
-    cut, cfg = steps.window(params, CONFIG, 0.2)
-    assert cfg.max_source_positions == 10 and cfg.n_frames == 20
-    assert cut["encoder"]["embed_positions"].shape == (10, CONFIG.d_model)
+    cut, cfg = steps.window(params, CONFIG, 0.1)
+    assert cfg.max_source_positions == 5 and cfg.n_frames == 10
+    assert cut["encoder"]["embed_positions"].shape == (5, CONFIG.d_model)
     with pytest.raises(ValueError, match="encoder positions"):
         steps.window(params, CONFIG, 1.0)
     with pytest.raises(ValueError, match=r"multiple of 0\.02"):
