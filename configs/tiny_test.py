@@ -1,6 +1,6 @@
 """Tiny smoke/test run: a small random Whisper, a few short synthetic utterances, seconds a stage.
 
-    python train.py --config configs/tiny_test.py --workdir /tmp/pqm_tiny
+Run: `python train.py --config configs/tiny_test.py --workdir /tmp/pqm_tiny`.
 """
 
 from pqm_jax.train import config as config_lib

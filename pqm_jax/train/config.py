@@ -340,4 +340,6 @@ def defaults() -> Any:
     each `configs/*.py` (so a typo there, or in `--config.x=y`, fails at once)."""
     import ml_collections
 
-    return ml_collections.ConfigDict(dataclasses.asdict(RunConfig()))
+    config = ml_collections.ConfigDict(dataclasses.asdict(RunConfig()))
+    config.lock()
+    return config

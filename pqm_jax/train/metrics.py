@@ -187,7 +187,10 @@ class MetricsWriter:
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.attempt = 1 + sum(1 for r in read_jsonl(self.path) if r.get("event") == "start")
+            torn = self.path.is_file() and not self.path.read_bytes().endswith(b"\n")
             self._file = open(self.path, "a", encoding="utf-8")
+            if torn and self.path.stat().st_size:  # a run killed mid-line: start a fresh one
+                self._file.write("\n")
             self._events = EventWriter(self.path.parent / "tb")
 
     def write(self, stage: str, step: int, values: Mapping[str, Any], **extra: Any) -> None:
