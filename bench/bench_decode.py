@@ -11,6 +11,11 @@ decodes). Times cover encoder + decoding from log-mel features (computed once, s
 engine; their cost is printed separately); compilation and a warm-up batch are excluded. Engines
 run round-robin `--repeats` times and the best time counts, which damps noise from other load.
 RTF = seconds of compute / seconds of audio (lower is faster).
+
+Engines: jax (float32, batch `--batch`), jax-b1 (batch 1), jax-nf4 (NF4 linears + embedding),
+jax-nf4-guard (same, with the repetition stop max_repeats=4), jax-nf4-stepdequant (NF4 without
+the explicit dequantise-once; XLA hoists it anyway), hf / hf-b1 (transformers, float32),
+ct2 / ct2-int8 (CTranslate2). The WER column scores digit words (`text.normalize_digits`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-ENGINES = ("jax", "jax-nf4", "hf", "hf-b1", "ct2", "ct2-int8")
+ENGINES = ("jax", "jax-b1", "jax-nf4", "jax-nf4-guard", "hf", "hf-b1", "ct2", "ct2-int8")
+GUARD = {"max_repeats": 4, "max_period": 8}  # the repetition stop of "jax-nf4-guard"
 
 
 @dataclasses.dataclass
@@ -89,7 +95,7 @@ def _batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _jax_engine(s: Setup, batch: int, quant: str | None, predequantize: bool = True):
+def _jax_engine(s: Setup, batch: int, quant: str | None, **decode_kwargs):
     import jax
     import jax.numpy as jnp
 
@@ -100,7 +106,7 @@ def _jax_engine(s: Setup, batch: int, quant: str | None, predequantize: bool = T
     if quant:
         params = api.quantize_params(params, api.QuantConfig(scheme=quant))
     model = api.WhisperModel(params=params, config=s.config, tokenizer=s.tokenizer)
-    opts = model.decode_options(predequantize=predequantize)
+    opts = model.decode_options(**decode_kwargs)
 
     def run(mel: np.ndarray) -> list[list[int]]:
         out = []
@@ -202,7 +208,9 @@ def _make(engine: str, s: Setup, batch: int, threads: int) -> Callable | None:
             return _jax_engine(s, batch, None)
         if engine == "jax-nf4":
             return _jax_engine(s, batch, "nf4")
-        if engine == "jax-nf4-stepdequant":
+        if engine == "jax-nf4-guard":
+            return _jax_engine(s, batch, "nf4", **GUARD)
+        if engine == "jax-nf4-stepdequant":  # dequantise inside the loop (XLA hoists it)
             return _jax_engine(s, batch, "nf4", predequantize=False)
         if engine == "jax-b1":
             return _jax_engine(s, 1, None)
