@@ -156,15 +156,21 @@ def put(tree: Any, shardings: Any) -> Any:
     return jax.device_put(tree, shardings)
 
 
-def global_batch(local: Any, sharding_tree: Any) -> Any:
-    """Assembles a global batch from this process's rows (`jax.make_array_from_process_local_data`).
+def global_batch(host: Any, sharding_tree: Any) -> Any:
+    """Global arrays from a batch every process holds in full on the host.
 
-    With one process this is a sharded `device_put`; with several, each host passes the rows its
-    devices own along the sharded axis.
+    Each process copies only the slices its own devices own (`jax.make_array_from_callback`),
+    so the same call works on one host and on many (every host builds the same global batch:
+    batch order is a pure function of the step).
     """
     if jax.process_count() == 1:
-        return jax.device_put(local, sharding_tree)
-    return jax.tree.map(jax.make_array_from_process_local_data, sharding_tree, local)
+        return jax.device_put(host, sharding_tree)
+
+    def one(x, s):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
+
+    return jax.tree.map(one, host, sharding_tree)
 
 
 def abstract(tree: Any, shardings: Any) -> Any:
