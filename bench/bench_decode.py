@@ -1,13 +1,15 @@
 """Real-time factor of greedy Whisper decoding: our jitted JAX (float32, NF4) vs transformers'
 PyTorch Whisper and CTranslate2, same weights, same audio, same features, same thread count.
 
-    python bench/bench_decode.py                      # tiny.en, 16 clips of ~10 s, batch 8
+    python bench/bench_decode.py                      # tiny.en, 24 clips of 4 digits, batch 8
+    python bench/bench_decode.py --digits 16          # ~10 s clips
     python bench/bench_decode.py --model base --clips 8
     python bench/bench_decode.py --engines jax,jax-nf4,hf --repeats 3
 
-Audio: FSDD digits of one speaker joined with 0.15 s of silence into ~`--seconds` s clips
-(`$PQM_SHARED_DATA/fsdd`), resampled to 16 kHz. Each clip is one padded 30 s window (as Whisper
-decodes). Times cover encoder + decoding from log-mel features (computed once, shared by every
+Audio: `--digits` FSDD digits of one speaker joined with 0.15 s of silence (the project's
+evaluation utterances have 4), resampled to 16 kHz. Each clip is one padded 30 s window (as
+Whisper decodes). Every engine stops a row after `--max-new` tokens (default 224, the cap of
+openai-whisper and CTranslate2; HF's own default is 448 minus the prompt). Times cover encoder + decoding from log-mel features (computed once, shared by every
 engine; their cost is printed separately); compilation and a warm-up batch are excluded. Engines
 run round-robin `--repeats` times and the best time counts, which damps noise from other load.
 RTF = seconds of compute / seconds of audio (lower is faster).
@@ -44,7 +46,7 @@ class Setup:
     refs: list[str]
 
 
-def _clips(n: int, seconds: float, seed: int) -> tuple[list[np.ndarray], list[str]]:
+def _clips(n: int, n_digits: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
     from pqm_jax import resources, text
     from pqm_jax.data import audio
 
@@ -56,20 +58,17 @@ def _clips(n: int, seconds: float, seed: int) -> tuple[list[np.ndarray], list[st
     gap = np.zeros(2_400, np.float32)
     clips, refs = [], []
     for i in range(n):
-        speaker, parts, digits, total = speakers[i % len(speakers)], [], [], 0.0
-        while total < seconds:
-            d, take = int(rng.integers(10)), int(rng.integers(50))
-            wav, rate = audio.decode(folder / f"{d}_{speaker}_{take}.wav")
-            clip = audio.resample(wav[:, 0], rate)
-            parts += [clip, gap]
-            digits.append(d)
-            total += (clip.size + gap.size) / 16_000
+        speaker, parts = speakers[i % len(speakers)], []
+        digits = [int(d) for d in rng.integers(10, size=n_digits)]
+        for d in digits:
+            wav, rate = audio.decode(folder / f"{d}_{speaker}_{int(rng.integers(50))}.wav")
+            parts += [audio.resample(wav[:, 0], rate), gap]
         clips.append(np.concatenate(parts[:-1]))
         refs.append(" ".join(text.DIGIT_WORDS[d] for d in digits))
     return clips, refs
 
 
-def _setup(model: str, n: int, seconds: float) -> Setup:
+def _setup(model: str, n: int, n_digits: int) -> Setup:
     from pqm_jax import resources, text
     from pqm_jax.convert import ct2
     from pqm_jax.data import features
@@ -83,7 +82,7 @@ def _setup(model: str, n: int, seconds: float) -> Setup:
     else:
         folder = model
         params, config, _ = ct2.load(folder)
-    clips, refs = _clips(n, seconds, seed=0)
+    clips, refs = _clips(n, n_digits, seed=0)
     t = time.perf_counter()
     mel = features.log_mel_batch(clips, features.FeatureConfig(n_mels=config.n_mels))
     print(f"log-mel of {n} clips: {time.perf_counter() - t:.2f} s (not in the times below)")
@@ -95,7 +94,7 @@ def _batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _jax_engine(s: Setup, batch: int, quant: str | None, **decode_kwargs):
+def _jax_engine(s: Setup, batch: int, max_new: int, quant: str | None, **decode_kwargs):
     import jax
     import jax.numpy as jnp
 
@@ -106,7 +105,7 @@ def _jax_engine(s: Setup, batch: int, quant: str | None, **decode_kwargs):
     if quant:
         params = api.quantize_params(params, api.QuantConfig(scheme=quant))
     model = api.WhisperModel(params=params, config=s.config, tokenizer=s.tokenizer)
-    opts = model.decode_options(**decode_kwargs)
+    opts = model.decode_options(max_new_tokens=max_new, **decode_kwargs)
 
     def run(mel: np.ndarray) -> list[list[int]]:
         out = []
@@ -123,7 +122,7 @@ def _jax_engine(s: Setup, batch: int, quant: str | None, **decode_kwargs):
     return run
 
 
-def _hf_engine(s: Setup, batch: int, threads: int):
+def _hf_engine(s: Setup, batch: int, max_new: int, threads: int):
     import torch
     import transformers
 
@@ -148,7 +147,7 @@ def _hf_engine(s: Setup, batch: int, threads: int):
         begin_suppress_tokens=list(tok.begin_suppress_tokens),
         no_timestamps_token_id=ids.no_timestamps,
         is_multilingual=tok.multilingual,
-        max_length=s.config.max_target_positions,
+        max_new_tokens=max_new,
     )
     prompt = tok.prompt("en" if tok.multilingual else None)
 
@@ -165,7 +164,7 @@ def _hf_engine(s: Setup, batch: int, threads: int):
     return run
 
 
-def _ct2_engine(s: Setup, batch: int, threads: int, compute_type: str):
+def _ct2_engine(s: Setup, batch: int, max_new: int, threads: int, compute_type: str):
     import ctranslate2
 
     if s.name == "base":  # CT2 needs one model.bin: join the two published halves
@@ -195,33 +194,36 @@ def _ct2_engine(s: Setup, batch: int, threads: int, compute_type: str):
         out = []
         for sl in _batches(len(mel), batch):
             x = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[sl]))
-            res = model.generate(x, [prompt] * (sl.stop - sl.start), beam_size=1)
+            # CTranslate2's Whisper generates at most max_length // 2 tokens (openai's cap).
+            res = model.generate(
+                x, [prompt] * (sl.stop - sl.start), beam_size=1, max_length=2 * max_new
+            )
             out += [r.sequences_ids[0] for r in res]
         return out
 
     return run
 
 
-def _make(engine: str, s: Setup, batch: int, threads: int) -> Callable | None:
+def _make(engine: str, s: Setup, batch: int, max_new: int, threads: int) -> Callable | None:
     try:
         if engine == "jax":
-            return _jax_engine(s, batch, None)
+            return _jax_engine(s, batch, max_new, None)
         if engine == "jax-nf4":
-            return _jax_engine(s, batch, "nf4")
+            return _jax_engine(s, batch, max_new, "nf4")
         if engine == "jax-nf4-guard":
-            return _jax_engine(s, batch, "nf4", **GUARD)
+            return _jax_engine(s, batch, max_new, "nf4", **GUARD)
         if engine == "jax-nf4-stepdequant":  # dequantise inside the loop (XLA hoists it)
-            return _jax_engine(s, batch, "nf4", predequantize=False)
+            return _jax_engine(s, batch, max_new, "nf4", predequantize=False)
         if engine == "jax-b1":
-            return _jax_engine(s, 1, None)
+            return _jax_engine(s, 1, max_new, None)
         if engine == "hf":
-            return _hf_engine(s, batch, threads)
+            return _hf_engine(s, batch, max_new, threads)
         if engine == "hf-b1":
-            return _hf_engine(s, 1, threads)
+            return _hf_engine(s, 1, max_new, threads)
         if engine == "ct2":
-            return _ct2_engine(s, batch, threads, "float32")
+            return _ct2_engine(s, batch, max_new, threads, "float32")
         if engine == "ct2-int8":
-            return _ct2_engine(s, batch, threads, "int8")
+            return _ct2_engine(s, batch, max_new, threads, "int8")
     except ImportError as e:
         print(f"skipping {engine}: {e}")
         return None
@@ -248,22 +250,23 @@ def _wer(hyps: list[str], refs: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny.en", help="tiny.en, base or a CT2 folder")
-    parser.add_argument("--clips", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clips", type=int, default=24)
+    parser.add_argument("--digits", type=int, default=4, help="digits per clip")
+    parser.add_argument("--max-new", type=int, default=224, help="token cap per utterance")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="torch / CTranslate2 threads")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--engines", default=",".join(ENGINES))
     args = parser.parse_args()
 
-    s = _setup(args.model, args.clips, args.seconds)
+    s = _setup(args.model, args.clips, args.digits)
     print(
         f"model {args.model}: {args.clips} clips, {s.audio_s:.1f} s of audio, batch {args.batch},"
         f" {args.threads} threads, {os.cpu_count()} CPUs"
     )
     runs: dict[str, Callable] = {}
     for engine in args.engines.split(","):
-        run = _make(engine, s, args.batch, args.threads)
+        run = _make(engine, s, args.batch, args.max_new, args.threads)
         if run is not None:
             t = time.perf_counter()
             run(s.mel[: args.batch])  # compile / warm up on one batch
