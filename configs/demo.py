@@ -22,12 +22,12 @@ def get_config():
     c.lora.alpha = 16.0
     c.data.source = "synth"
     c.data.counts = (24, 8, 30)
-    c.data.si_voices = 8
+    c.data.si_voices = 12
     c.data.si_counts = (8, 2)
     c.data.min_words = 6
     c.data.max_words = 16
     c.mesh.data = -1
-    c.stage2.epochs = 1
+    c.stage2.epochs = 2
     c.stage2.batch_size = 8
     c.stage2.eval_batch_size = 8
     c.stage2.ckpt_every = 4

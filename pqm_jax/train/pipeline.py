@@ -150,7 +150,7 @@ class Run:
         if limit and self.updates >= limit:
             raise SimulatedFailure(f"debug.fail_after_steps={limit} reached")
 
-    def examples(self, entries, *, desc: str, in_memory: bool | None = None):
+    def examples(self, entries, *, desc: str | None, in_memory: bool | None = None):
         """`featurize.examples` with a progress bar; pools too big for memory stay on disk."""
         if in_memory is None:
             frames = round(self.config.model.audio_window_s * 100)
@@ -161,7 +161,7 @@ class Run:
             self.tokenizer,
             max_tokens=self.config.model.max_tokens,
             in_memory=in_memory,
-            progress=self.bar(desc=desc, unit="utt") if entries else None,
+            progress=self.bar(desc=desc, unit="utt") if entries and desc else None,
         )
 
     def bar(self, **kwargs):
