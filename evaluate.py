@@ -1,0 +1,76 @@
+"""Score a PQM run: full precision, NF4, NF4 + speaker-independent LoRA and PQM, per speaker.
+
+    python evaluate.py --workdir /tmp/pqm_demo [--beam_size 3] [--max_repeats 0]
+    python evaluate.py --config configs/demo.py --workdir /tmp/pqm_demo   # train first if needed
+
+Writes DIR/report.json, DIR/report.md (the table, also printed), DIR/report.png (per-speaker WER
+bars) and DIR/transcripts.jsonl.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "train this config first (resumes)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "the run folder (train.py --workdir)")
+_SYSTEMS = flags.DEFINE_list("systems", ["fp32", "nf4", "nf4_si", "pqm"], "systems to score")
+_BEAM = flags.DEFINE_integer("beam_size", 1, "1 = greedy")
+_BATCH = flags.DEFINE_integer("batch_size", 8, "utterances per decoding call")
+_REPEATS = flags.DEFINE_integer("max_repeats", 4, "repetition guard (0 = off)")
+_NORM = flags.DEFINE_enum("normalizer", "auto", ["auto", "english", "digits"], "text normaliser")
+_SPEAKERS = flags.DEFINE_list("speakers", None, "score only these speakers")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    from pqm_jax.eval import report, run
+    from pqm_jax.train import config as config_lib
+
+    workdir = pathlib.Path(_WORKDIR.value)
+    try:
+        if _CONFIG.value is not None:
+            from pqm_jax.train import pipeline
+
+            config = config_lib.from_dict(_CONFIG.value)
+            pipeline.run_pipeline(config, workdir, progress=True)
+        if not (workdir / "config.json").is_file():
+            sys.exit(f"evaluate.py: {workdir} holds no run; train first (or pass --config)")
+        options = run.EvalOptions(
+            systems=tuple(_SYSTEMS.value),
+            beam_size=_BEAM.value,
+            batch_size=_BATCH.value,
+            max_repeats=_REPEATS.value,
+            normalizer=_NORM.value,
+            speakers=tuple(_SPEAKERS.value) if _SPEAKERS.value else None,
+        )
+        rep = run.evaluate(workdir, options)
+    except (config_lib.ConfigError, KeyError, ValueError) as e:
+        sys.exit(f"evaluate.py: {e}")
+    print(report.markdown(rep))
+    print(f"report: {workdir / 'report.json'}, {workdir / 'report.md'}, {workdir / 'report.png'}")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    for i, arg in enumerate(argv):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        if path is not None and not os.path.isfile(path.split(":", 1)[0]):
+            sys.exit(f"evaluate.py: config file {path} does not exist (see configs/*.py)")
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"evaluate.py: {e}\nusage: python evaluate.py --workdir DIR")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,231 @@
+"""Scoring a finished run: the same test utterances of the same speakers under four systems.
+
+- fp32:   the full-precision backbone;
+- nf4:    the quantised backbone (as stored in the run);
+- nf4_si: the quantised backbone + the speaker-independent (stage-2) adapters;
+- pqm:    the quantised backbone + each speaker's own (stage-3) adapters.
+
+All four see the same cached log-mel windows (the run's audio window) and decode with the same
+options. PQM decodes every batch with per-utterance adapters gathered from the bank, so a batch
+mixes speakers with one compiled program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from pqm_jax import lora as lora_lib
+from pqm_jax import text
+from pqm_jax.data import issues
+from pqm_jax.eval import report as report_lib
+from pqm_jax.eval import wer
+from pqm_jax.models import decoding
+from pqm_jax.quant import tree as qtree
+from pqm_jax.train import pipeline, results, steps
+
+SYSTEMS = ("fp32", "nf4", "nf4_si", "pqm")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+    """How to decode and score.
+
+    Attributes:
+      systems: which of SYSTEMS to score.
+      beam_size: 1 = greedy.
+      batch_size: utterances per jitted decoding call.
+      max_repeats, max_period: the repetition guard (`decoding.DecodeOptions`), the same for
+        every system; 0 turns it off.
+      max_new_tokens: generated-token cap; None = the run's `model.max_tokens` budget.
+      normalizer: "english" (Whisper's), "digits" (FSDD) or "auto" (digits for FSDD runs).
+      speakers: score only these adapted speakers (default: all).
+    """
+
+    systems: tuple[str, ...] = SYSTEMS
+    beam_size: int = 1
+    batch_size: int = 8
+    max_repeats: int = 4
+    max_period: int = 8
+    max_new_tokens: int | None = None
+    normalizer: str = "auto"
+    speakers: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        unknown = set(self.systems) - set(SYSTEMS)
+        if unknown:
+            raise ValueError(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
+        if self.normalizer not in ("auto", "english", "digits"):
+            raise ValueError(f"normalizer must be auto, english or digits, not {self.normalizer}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TestSet:
+    """Test utterances in a fixed order: mel [N, n_mels, frames], refs, speakers, ids."""
+
+    mel: np.ndarray
+    refs: tuple[str, ...]
+    speakers: tuple[str, ...]
+    utt_ids: tuple[str, ...]
+
+
+def test_set(res: results.Results, speakers: Sequence[str], report: issues.InputReport) -> TestSet:
+    """Every usable test utterance of `speakers`, from the run's feature cache."""
+    corpus = res.corpus(report)
+    store = res.feature_store(report)
+    mels, refs, spk, ids = [], [], [], []
+    for s in speakers:
+        if s not in corpus.targets:
+            raise KeyError(f"speaker {s!r} is not a target speaker of this run")
+        for entry in corpus.targets[s].test:
+            mel = store.get(entry)
+            if mel is None:
+                continue  # reported by the store (skipped)
+            mels.append(mel)
+            refs.append(entry.text)
+            spk.append(s)
+            ids.append(entry.utt_id)
+    if not mels:
+        raise ValueError(f"no usable test utterance for speakers {list(speakers)}")
+    return TestSet(np.stack(mels), tuple(refs), tuple(spk), tuple(ids))
+
+
+def decode_all(
+    params: Any,
+    mel: np.ndarray,
+    *,
+    config: Any,
+    options: decoding.DecodeOptions,
+    tokenizer: text.Tokenizer,
+    lora: Any = None,
+    bank_rows: np.ndarray | None = None,
+    batch_size: int = 8,
+    desc: str = "decoding",
+) -> list[str]:
+    """Transcripts of mel [N, n_mels, frames] in order; with `bank_rows` [N], `lora` is a bank and
+    utterance i uses adapters `bank_rows[i]` (gathered per batch; no recompilation)."""
+    n = mel.shape[0]
+    out: list[str] = []
+    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", leave=False):
+        idx = np.arange(start, min(start + batch_size, n))
+        pad = batch_size - len(idx)
+        rows = np.concatenate([idx, np.repeat(idx[-1:], pad)])  # fixed shape: one compilation
+        ad = lora
+        if bank_rows is not None:
+            ad = lora_lib.take(lora, jnp.asarray(bank_rows[rows]))
+        res = decoding.generate(params, mel[rows], config=config, options=options, lora=ad)
+        tokens, lengths = np.asarray(res.tokens), np.asarray(res.lengths)
+        out += [tokenizer.decode(tokens[j, : lengths[j]]) for j in range(len(idx))]
+    return out
+
+
+def normalizer_for(res: results.Results, name: str) -> Callable[[str], str]:
+    if name == "auto":
+        name = "digits" if res.config.data.source == "fsdd" else "english"
+    return text.normalize_digits if name == "digits" else text.normalize_english
+
+
+def evaluate(
+    workdir: str | pathlib.Path,
+    options: EvalOptions = EvalOptions(),
+    *,
+    report: issues.InputReport | None = None,
+) -> dict:
+    """Scores the run in `workdir`; writes report.json/.md/.png and transcripts.jsonl there.
+
+    Returns:
+      The report dict (see `pqm_jax.eval.report.build`).
+    """
+    t0 = time.time()
+    report = issues.default(report)
+    res = results.load(workdir)
+    adapted = res.speakers()
+    wanted = [s for s in options.systems if s != "pqm" or adapted]
+    if "pqm" in options.systems and not adapted:
+        print("evaluate: no adapted speaker (stage 3 has not run): PQM is left out")
+    speakers = list(options.speakers or adapted or sorted(res.corpus(report).targets))
+    missing = [s for s in speakers if adapted and s not in adapted]
+    if missing and "pqm" in wanted:
+        raise KeyError(f"speakers {missing} have no adapters; adapted: {adapted}")
+    data = test_set(res, speakers, report)
+    base, cfg = res.model()
+    tok = res.tokenizer()
+    mc = res.config.model
+    dopts = decoding.DecodeOptions(
+        prompt=tuple(tok.prompt()),
+        eot=tok.special.eot,
+        suppress=tok.suppress_tokens,
+        begin_suppress=tok.begin_suppress_tokens,
+        max_new_tokens=options.max_new_tokens or mc.max_tokens - len(tok.prompt()),
+        beam_size=options.beam_size,
+        max_repeats=options.max_repeats,
+        max_period=options.max_period,
+        dtype=mc.dtype,
+    )
+    norm = normalizer_for(res, options.normalizer)
+    hyps: dict[str, list[str]] = {}
+    sizes: dict[str, int] = {}
+    kw = {"config": cfg, "options": dopts, "tokenizer": tok, "batch_size": options.batch_size}
+    si = res.si_lora() if "nf4_si" in wanted else None
+    bank, names = res.bank(speakers) if "pqm" in wanted else (None, [])
+    one_speaker = lora_lib.take(bank, 0) if bank is not None else (si or None)
+    for system in tqdm(wanted, desc="systems", unit="system"):
+        if system == "fp32":
+            full, full_cfg, _ = pipeline.load_backbone(mc, seed=res.config.seed)
+            params, _ = steps.window(jax.tree.map(jnp.asarray, full), full_cfg, mc.audio_window_s)
+            sizes[system] = qtree.tree_nbytes(full)
+            hyps[system] = decode_all(params, data.mel, desc=system, **kw)
+            del full, params
+        elif system == "nf4":
+            sizes[system] = qtree.tree_nbytes(base)
+            hyps[system] = decode_all(base, data.mel, desc=system, **kw)
+        elif system == "nf4_si":
+            sizes[system] = qtree.tree_nbytes(base) + qtree.tree_nbytes(si)
+            hyps[system] = decode_all(base, data.mel, lora=si, desc=system, **kw)
+        else:
+            rows = np.asarray([names.index(s) for s in data.speakers], np.int32)
+            sizes[system] = qtree.tree_nbytes(base) + qtree.tree_nbytes(one_speaker)
+            hyps[system] = decode_all(base, data.mel, lora=bank, bank_rows=rows, desc=system, **kw)
+    systems = {s: wer.score_by_speaker(data.refs, hyps[s], data.speakers, norm) for s in wanted}
+    rep = report_lib.build(
+        systems,
+        sizes,
+        base_params=qtree.tree_num_params(base),
+        speaker_params=lora_lib.num_params(one_speaker) if one_speaker is not None else 0,
+        extra={
+            "workdir": str(workdir),
+            "model": mc.name,
+            "quant": mc.quant,
+            "audio_window_s": mc.audio_window_s,
+            "decoding": {
+                "beam_size": options.beam_size,
+                "max_new_tokens": dopts.max_new_tokens,
+                "repetition_guard": {
+                    "max_repeats": options.max_repeats,
+                    "max_period": options.max_period,
+                },
+            },
+            "normalizer": options.normalizer,
+            "test_utterances": len(data.refs),
+            "speakers": speakers,
+            "input_issues": report.summary(),
+            "seconds": round(time.time() - t0, 1),
+        },
+    )
+    out = pathlib.Path(workdir)
+    report_lib.write(rep, out)
+    with open(out / "transcripts.jsonl", "w") as f:
+        for i, utt in enumerate(data.utt_ids):
+            row = {"utt_id": utt, "speaker": data.speakers[i], "ref": data.refs[i]}
+            row.update({s: hyps[s][i] for s in wanted})
+            f.write(json.dumps(row) + "\n")
+    return rep
