@@ -152,7 +152,8 @@ class WhisperModel:
           audio: one utterance or a list; each a path (any format soundfile reads, any rate) or a
             mono float32 array at `sample_rate` (16 kHz by default).
           beam_size: 1 = greedy.
-          batch_size: windows per call; the last batch is padded, so one compilation serves all.
+          batch_size: windows per call; the last batch is padded (by repeating a row), so one
+            compilation serves all; fewer utterances use the next power of two instead.
           speakers: per-utterance speaker (bank index, or key of a dict of adapters).
           adapters: LoRA adapters: one tree (used for every utterance), a bank (tree with a
             leading speaker axis, `lora.stack`), or a dict name -> tree. With a bank or dict,
@@ -168,7 +169,7 @@ class WhisperModel:
           One string per utterance, in input order.
         """
         single = isinstance(audio, str | os.PathLike) or (
-            isinstance(audio, np.ndarray) and audio.ndim == 1
+            isinstance(audio, np.ndarray | jax.Array) and audio.ndim == 1
         )
         items = [audio] if single else list(audio)
         if not items:
@@ -180,6 +181,8 @@ class WhisperModel:
         opts = self.decode_options(
             beam_size=beam_size, max_new_tokens=max_new_tokens, language=language, **decode_kwargs
         )
+        # Few utterances: a smaller power-of-two batch (at most log2(batch_size) compilations).
+        batch_size = min(batch_size, 1 << (len(clips) - 1).bit_length())
         # Similar lengths share a batch, so few rows wait for a long one to finish.
         order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
