@@ -367,14 +367,29 @@ def generate(
     return _generate_jit(params, jnp.asarray(mel), lora, config=config, options=options)
 
 
-def greedy(params, mel, *, config, options, lora=None) -> Result:
+def greedy(
+    params: Any,
+    mel: jax.Array,
+    *,
+    config: whisper.WhisperConfig,
+    options: DecodeOptions,
+    lora: Any = None,
+) -> Result:
     """`generate` with beam_size 1."""
     return generate(
         params, mel, config=config, options=dataclasses.replace(options, beam_size=1), lora=lora
     )
 
 
-def beam_search(params, mel, *, config, options, beam_size: int, lora=None) -> Result:
+def beam_search(
+    params: Any,
+    mel: jax.Array,
+    *,
+    config: whisper.WhisperConfig,
+    options: DecodeOptions,
+    beam_size: int,
+    lora: Any = None,
+) -> Result:
     """`generate` with `beam_size` beams."""
     opts = dataclasses.replace(options, beam_size=beam_size)
     return generate(params, mel, config=config, options=opts, lora=lora)
