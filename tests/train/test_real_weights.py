@@ -34,5 +34,5 @@ def test_tiny_en_adapts_synthetic_speakers(tmp_path):
     rows = summary["stage3"]["speakers"].values()
     assert all(r["best_dev_accuracy"] >= r["start_dev_accuracy"] for r in rows)
     assert any(r["best_dev_accuracy"] > r["start_dev_accuracy"] + 0.01 for r in rows)
-    base, cfg = res.model()
+    _, cfg = res.model()
     assert cfg.max_source_positions == 300 and cfg.d_model == 384
