@@ -14,9 +14,9 @@ import numpy as np
 from pqm_jax import lora as lora_lib
 from pqm_jax.models import whisper
 from pqm_jax.quant import tree as qtree
+from pqm_jax.train import config as config_lib
 
-# The paper's quantisation targets: attention and MLP linears, convolutions, token embedding.
-QUANT_TARGETS = (r"_proj/kernel$", r"fc\d/kernel$", r"conv\d/kernel$", r"embed_tokens$")
+QUANT_TARGETS = config_lib.QUANT_TARGETS
 
 
 def tiny_config(
