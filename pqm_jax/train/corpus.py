@@ -160,7 +160,6 @@ def _synth(spec, workdir, report) -> Corpus:
 
 
 def _fsdd(spec, workdir, report) -> Corpus:
-    del workdir
     n_train, n_dev, n_test = spec.fsdd_counts
     protocol = fsdd.Protocol(n_train=n_train, n_dev=n_dev, n_test=n_test, seed=spec.seed)
     splits = fsdd.reference_split(spec.root or None, protocol=protocol, report=report)
@@ -169,7 +168,25 @@ def _fsdd(spec, workdir, report) -> Corpus:
     pool_names = set(spec.si_speakers) - wanted
     si_train = speakers.pool_parts({s: splits[s] for s in pool_names}, "adapt")
     si_dev = speakers.pool_parts({s: splits[s] for s in pool_names}, "dev")
+    if not pool_names and spec.si_voices > 0:  # stage 2 on synthetic voices reading digits
+        si_train, si_dev = _synth_digit_pool(spec, workdir, report)
     return Corpus(targets=targets, si_train=tuple(si_train), si_dev=tuple(si_dev))
+
+
+def _synth_digit_pool(spec, workdir, report) -> tuple[list, list]:
+    """`si_voices` sampled espeak-ng voices reading runs of 4 digit words (FSDD's references)."""
+    train_n, dev_n = spec.si_counts
+    voices = synth.sample_voices(spec.si_voices, seed=spec.seed)
+    rng = np.random.default_rng(spec.seed)
+    words = [data_text.DIGIT_WORDS[d] for d in range(10)]
+    sentences = [
+        " ".join(words[d] for d in rng.integers(0, 10, 4))
+        for _ in range(len(voices) * (train_n + dev_n))
+    ]
+    jobs = synth.plan(voices, sentences, counts={"train": train_n, "dev": dev_n}, seed=spec.seed)
+    path = synth.render(jobs, pathlib.Path(workdir) / "data" / "synth_digits", report=report)
+    entries = manifest.list_entries(path, report=report)
+    return [e for e in entries if e.split == "train"], [e for e in entries if e.split == "dev"]
 
 
 def _librispeech(spec, workdir, report) -> Corpus:
