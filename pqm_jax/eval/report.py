@@ -50,7 +50,7 @@ def build(
     if "pqm" in s:
         out["relative_wer_reduction"] = {
             f"vs_{ref}": wer.relative_reduction(s["pqm"]["wer"], s[ref]["wer"])
-            for ref in ("fp32", "nf4", "nf4_si")
+            for ref in ("fp32", "nf4", "nf4_si", "fp32_30s", "nf4_30s")
             if ref in s
         }
     if "fp32" in s:

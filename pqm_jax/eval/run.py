@@ -31,9 +31,12 @@ from pqm_jax.eval import report as report_lib
 from pqm_jax.eval import wer
 from pqm_jax.models import decoding
 from pqm_jax.quant import tree as qtree
-from pqm_jax.train import pipeline, results, steps
+from pqm_jax.train import featurize, pipeline, results, steps
 
 SYSTEMS = ("fp32", "nf4", "nf4_si", "pqm")
+# Whisper as released reads 30 s windows: baselines scored that way too, when asked, so a short
+# training window never handicaps the unadapted models.
+FULL_WINDOW = {"fp32_30s": "fp32", "nf4_30s": "nf4"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +52,8 @@ class EvalOptions:
       max_new_tokens: generated-token cap; None = the run's `model.max_tokens` budget.
       normalizer: "english" (Whisper's), "digits" (FSDD) or "auto" (digits for FSDD runs).
       speakers: score only these adapted speakers (default: all).
+      full_window_baselines: also score fp32 and NF4 on Whisper's own 30 s windows (systems
+        "fp32_30s" and "nf4_30s"), when the run trained on a shorter window.
     """
 
     systems: tuple[str, ...] = SYSTEMS
@@ -59,6 +64,7 @@ class EvalOptions:
     max_new_tokens: int | None = None
     normalizer: str = "auto"
     speakers: tuple[str, ...] | None = None
+    full_window_baselines: bool = False
 
     def __post_init__(self):
         unknown = set(self.systems) - set(SYSTEMS)
@@ -78,10 +84,24 @@ class TestSet:
     utt_ids: tuple[str, ...]
 
 
-def test_set(res: results.Results, speakers: Sequence[str], report: issues.InputReport) -> TestSet:
-    """Every usable test utterance of `speakers`, from the run's feature cache."""
+def test_set(
+    res: results.Results,
+    speakers: Sequence[str],
+    report: issues.InputReport,
+    *,
+    window_s: float | None = None,
+) -> TestSet:
+    """Every usable test utterance of `speakers`, from the run's feature cache (or, with
+    `window_s`, a cache of windows of that length)."""
     corpus = res.corpus(report)
     store = res.feature_store(report)
+    if window_s is not None and window_s != res.config.model.audio_window_s:
+        store = featurize.FeatureStore(
+            res.workdir / f"features_{window_s:g}s",
+            window_s=window_s,
+            n_mels=res.backbone()[1].n_mels,
+            report=report,
+        )
     mels, refs, spk, ids = [], [], [], []
     for s in speakers:
         if s not in corpus.targets:
@@ -195,6 +215,24 @@ def evaluate(
             rows = np.asarray([names.index(s) for s in data.speakers], np.int32)
             sizes[system] = qtree.tree_nbytes(base) + qtree.tree_nbytes(one_speaker)
             hyps[system] = decode_all(base, data.mel, lora=bank, bank_rows=rows, desc=system, **kw)
+    if options.full_window_baselines and mc.audio_window_s != 30.0:
+        full_data = test_set(res, speakers, report, window_s=30.0)
+        if full_data.utt_ids != data.utt_ids:
+            raise ValueError("30 s features and run features cover different utterances")
+        full_q, full_cfg, _ = res.backbone()
+        kw30 = {**kw, "config": full_cfg}
+        for name, system in FULL_WINDOW.items():
+            if system not in wanted:
+                continue
+            if system == "fp32":
+                full = pipeline.load_backbone(mc, seed=res.config.seed)[0]
+                params = jax.tree.map(jnp.asarray, full)
+            else:
+                params = full_q
+            sizes[name] = sizes[system]
+            hyps[name] = decode_all(params, full_data.mel, desc=name, **kw30)
+            wanted = [*wanted, name]
+            del params
     systems = {s: wer.score_by_speaker(data.refs, hyps[s], data.speakers, norm) for s in wanted}
     rep = report_lib.build(
         systems,
