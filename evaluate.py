@@ -24,6 +24,9 @@ _BATCH = flags.DEFINE_integer("batch_size", 8, "utterances per decoding call")
 _REPEATS = flags.DEFINE_integer("max_repeats", 4, "repetition guard (0 = off)")
 _NORM = flags.DEFINE_enum("normalizer", "auto", ["auto", "english", "digits"], "text normaliser")
 _SPEAKERS = flags.DEFINE_list("speakers", None, "score only these speakers")
+_FULL = flags.DEFINE_bool(
+    "full_window_baselines", True, "also score fp32 and NF4 on 30 s windows (short-window runs)"
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -51,6 +54,7 @@ def main(argv: list[str]) -> None:
             max_repeats=_REPEATS.value,
             normalizer=_NORM.value,
             speakers=tuple(_SPEAKERS.value) if _SPEAKERS.value else None,
+            full_window_baselines=_FULL.value,
         )
         rep = run.evaluate(workdir, options)
     except (config_lib.ConfigError, KeyError, ValueError) as e:

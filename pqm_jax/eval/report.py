@@ -14,6 +14,8 @@ SYSTEM_LABELS = {
     "nf4": "NF4",
     "nf4_si": "NF4 + speaker-independent LoRA",
     "pqm": "PQM (NF4 + own speaker LoRA)",
+    "fp32_30s": "full precision, 30 s windows",
+    "nf4_30s": "NF4, 30 s windows",
 }
 
 
