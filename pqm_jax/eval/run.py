@@ -215,8 +215,9 @@ def evaluate(
             rows = np.asarray([names.index(s) for s in data.speakers], np.int32)
             sizes[system] = qtree.tree_nbytes(base) + qtree.tree_nbytes(one_speaker)
             hyps[system] = decode_all(base, data.mel, lora=bank, bank_rows=rows, desc=system, **kw)
-    if options.full_window_baselines and mc.audio_window_s != 30.0:
-        full_data = test_set(res, speakers, report, window_s=30.0)
+    full_positions = res.backbone()[1].max_source_positions  # 1500 for released Whisper
+    if options.full_window_baselines and mc.audio_window_s < full_positions / 50:
+        full_data = test_set(res, speakers, report, window_s=full_positions / 50)
         if full_data.utt_ids != data.utt_ids:
             raise ValueError("30 s features and run features cover different utterances")
         full_q, full_cfg, _ = res.backbone()
