@@ -9,12 +9,13 @@ bars) and DIR/transcripts.jsonl.
 
 from __future__ import annotations
 
-import os
 import pathlib
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from pqm_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "train this config first (resumes)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "the run folder (train.py --workdir)")
@@ -63,18 +64,10 @@ def main(argv: list[str]) -> None:
     print(f"report: {workdir / 'report.json'}, {workdir / 'report.md'}, {workdir / 'report.png'}")
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    for i, arg in enumerate(argv):
-        path = arg.split("=", 1)[1] if arg.startswith("--config=") else None
-        if arg == "--config" and i + 1 < len(argv):
-            path = argv[i + 1]
-        if path is not None and not os.path.isfile(path.split(":", 1)[0]):
-            sys.exit(f"evaluate.py: config file {path} does not exist (see configs/*.py)")
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        sys.exit(f"evaluate.py: {e}\nusage: python evaluate.py --workdir DIR")
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(
+        main,
+        flags_parser=lambda argv: cli.parse_flags(
+            argv, prog="evaluate.py", usage="python evaluate.py --workdir DIR"
+        ),
+    )

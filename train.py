@@ -9,11 +9,12 @@ the work folder (see `pqm_jax.train.pipeline`); read them with `pqm_jax.train.re
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from pqm_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file of the run")
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for checkpoints, metrics and results")
@@ -46,22 +47,10 @@ def main(argv: list[str]) -> None:
     print(f"results in {_WORKDIR.value}")
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with one-line errors (a typo in --config.x=y is not a traceback)."""
-    for i, arg in enumerate(argv):
-        path = arg.split("=", 1)[1] if arg.startswith("--config=") else None
-        if arg == "--config" and i + 1 < len(argv):
-            path = argv[i + 1]
-        if path is not None and not os.path.isfile(path.split(":", 1)[0]):
-            sys.exit(f"train.py: config file {path} does not exist (see configs/*.py)")
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        sys.exit(f"train.py: {e}\nusage: python train.py --config CONFIG.py --workdir DIR")
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        message = str(e).replace("\\n", " ").replace("\\'", "'").replace("\n", " ")
-        sys.exit(f"train.py: bad config override: {message}")
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(
+        main,
+        flags_parser=lambda argv: cli.parse_flags(
+            argv, prog="train.py", usage="python train.py --config CONFIG.py --workdir DIR"
+        ),
+    )
