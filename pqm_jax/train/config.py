@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import json
+import os
+import pathlib
 import types
 import typing
 from collections.abc import Mapping
@@ -343,3 +346,14 @@ def defaults() -> Any:
     config = ml_collections.ConfigDict(dataclasses.asdict(RunConfig()))
     config.lock()
     return config
+
+
+def load_file(path: str | os.PathLike) -> Any:
+    """The ConfigDict of a `configs/*.py` file (its `get_config()`), as `--config` loads it."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (see configs/*.py)")
+    spec = importlib.util.spec_from_file_location(f"pqm_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -22,10 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _tiny_config():
-    spec = importlib.util.spec_from_file_location("tiny_test", ROOT / "configs" / "tiny_test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = config_lib.load_file(ROOT / "configs" / "tiny_test.py")
     c.stage2.steps = 2
     c.stage3.epochs = 1
     return config_lib.from_dict(c)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -27,10 +26,7 @@ def _fsdd_root() -> pathlib.Path:
 
 
 def _config(**data):
-    spec = importlib.util.spec_from_file_location("fsdd_cfg", ROOT / "configs" / "fsdd.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = config_lib.load_file(ROOT / "configs" / "fsdd.py")
     c.data.root = os.fspath(_fsdd_root())
     for k, v in data.items():
         c.data[k] = v

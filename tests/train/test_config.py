@@ -1,6 +1,5 @@
 """Configs: every configs/*.py builds a valid RunConfig; bad values name their key."""
 
-import importlib.util
 import pathlib
 
 import pytest
@@ -11,10 +10,7 @@ CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[2] / "configs").glob(
 
 
 def _load(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_lib.load_file(path)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

@@ -1,6 +1,5 @@
 """The whole pipeline on the tiny config: interrupted runs resume to bit-identical adapters."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -16,10 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def tiny(**overrides):
-    spec = importlib.util.spec_from_file_location("tiny_test", ROOT / "configs" / "tiny_test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = config_lib.load_file(ROOT / "configs" / "tiny_test.py")
     c.stage2.ckpt_every = 2
     c.stage3.ckpt_every = 2
     for key, value in overrides.items():
