@@ -29,9 +29,9 @@ from pqm_jax import text
 from pqm_jax.data import issues
 from pqm_jax.eval import report as report_lib
 from pqm_jax.eval import wer
-from pqm_jax.models import decoding
+from pqm_jax.models import conformer_decoding, decoding, whisper
 from pqm_jax.quant import tree as qtree
-from pqm_jax.train import featurize, pipeline, results, steps
+from pqm_jax.train import conformer_steps, featurize, results, steps
 
 SYSTEMS = ("fp32", "nf4", "nf4_si", "pqm")
 # Whisper as released reads 30 s windows: baselines scored that way too, when asked, so a short
@@ -119,12 +119,56 @@ def test_set(
     return TestSet(np.stack(mels), tuple(refs), tuple(spk), tuple(ids))
 
 
+def generate(
+    params: Any, mel: Any, *, config: Any, options: Any, lora: Any, bank: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens [B, L], lengths [B]) of one batch of mel [B, n_mels, frames], for Whisper
+    (`decoding.DecodeOptions`) or the Conformer (`conformer_decoding.BeamOptions`); `bank`:
+    the adapters carry a leading [B] axis (one speaker per utterance)."""
+    if isinstance(config, whisper.WhisperConfig):
+        res = decoding.generate(params, mel, config=config, options=options, lora=lora)
+        return np.asarray(res.tokens), np.asarray(res.lengths)
+    feats, lens = conformer_steps.features(jnp.asarray(mel))
+    kw = {"config": config, "options": options}
+    if bank:
+        out = conformer_decoding.beam_search_bank(params, feats, lens, lora, **kw)
+    else:
+        out = conformer_decoding.beam_search(params, feats, lens, lora=lora, **kw)
+    return np.asarray(out[0]), np.asarray(out[1])
+
+
+def token_budget(res: results.Results, options: EvalOptions) -> int:
+    """Most generated tokens: `options.max_new_tokens`, else the run's budget less the prompt."""
+    return options.max_new_tokens or res.config.model.max_tokens - len(res.tokenizer().prompt())
+
+
+def decode_options(res: results.Results, options: EvalOptions) -> Any:
+    """The decoding settings of a run's model (Whisper's, or the Conformer's joint beam)."""
+    tok, mc = res.tokenizer(), res.config.model
+    budget = token_budget(res, options)
+    if mc.name == "conformer":
+        return conformer_decoding.BeamOptions(
+            beam=options.beam_size, ctc_weight=mc.ctc_weight, max_len=budget
+        )
+    return decoding.DecodeOptions(
+        prompt=tuple(tok.prompt()),
+        eot=tok.special.eot,
+        suppress=tok.suppress_tokens,
+        begin_suppress=tok.begin_suppress_tokens,
+        max_new_tokens=budget,
+        beam_size=options.beam_size,
+        max_repeats=options.max_repeats,
+        max_period=options.max_period,
+        dtype=mc.dtype,
+    )
+
+
 def decode_all(
     params: Any,
     mel: np.ndarray,
     *,
     config: Any,
-    options: decoding.DecodeOptions,
+    options: Any,
     tokenizer: text.Tokenizer,
     lora: Any = None,
     bank_rows: np.ndarray | None = None,
@@ -142,15 +186,17 @@ def decode_all(
         ad = lora
         if bank_rows is not None:
             ad = lora_lib.take(lora, jnp.asarray(bank_rows[rows]))
-        res = decoding.generate(params, mel[rows], config=config, options=options, lora=ad)
-        tokens, lengths = np.asarray(res.tokens), np.asarray(res.lengths)
+        tokens, lengths = generate(
+            params, mel[rows], config=config, options=options, lora=ad, bank=bank_rows is not None
+        )
         out += [tokenizer.decode(tokens[j, : lengths[j]]) for j in range(len(idx))]
     return out
 
 
 def normalizer_for(res: results.Results, name: str) -> Callable[[str], str]:
     if name == "auto":
-        name = "digits" if res.config.data.source == "fsdd" else "english"
+        digits = res.config.data.source == "fsdd" or res.config.data.text == "digits"
+        name = "digits" if digits else "english"
     return text.normalize_digits if name == "digits" else text.normalize_english
 
 
@@ -180,17 +226,7 @@ def evaluate(
     base, cfg = res.model()
     tok = res.tokenizer()
     mc = res.config.model
-    dopts = decoding.DecodeOptions(
-        prompt=tuple(tok.prompt()),
-        eot=tok.special.eot,
-        suppress=tok.suppress_tokens,
-        begin_suppress=tok.begin_suppress_tokens,
-        max_new_tokens=options.max_new_tokens or mc.max_tokens - len(tok.prompt()),
-        beam_size=options.beam_size,
-        max_repeats=options.max_repeats,
-        max_period=options.max_period,
-        dtype=mc.dtype,
-    )
+    dopts = decode_options(res, options)
     norm = normalizer_for(res, options.normalizer)
     hyps: dict[str, list[str]] = {}
     sizes: dict[str, int] = {}
@@ -200,7 +236,7 @@ def evaluate(
     one_speaker = lora_lib.take(bank, 0) if bank is not None else (si or None)
     for system in tqdm(wanted, desc="systems", unit="system"):
         if system == "fp32":
-            full, full_cfg, _ = pipeline.load_backbone(mc, seed=res.config.seed)
+            full, full_cfg, _ = res.full_precision()
             params, _ = steps.window(jax.tree.map(jnp.asarray, full), full_cfg, mc.audio_window_s)
             sizes[system] = qtree.tree_nbytes(full)
             hyps[system] = decode_all(params, data.mel, desc=system, **kw)
@@ -215,7 +251,8 @@ def evaluate(
             rows = np.asarray([names.index(s) for s in data.speakers], np.int32)
             sizes[system] = qtree.tree_nbytes(base) + qtree.tree_nbytes(one_speaker)
             hyps[system] = decode_all(base, data.mel, lora=bank, bank_rows=rows, desc=system, **kw)
-    full_positions = res.backbone()[1].max_source_positions  # 1500 for released Whisper
+    # 1500 positions (30 s) for released Whisper; a Conformer reads any length
+    full_positions = getattr(res.backbone()[1], "max_source_positions", 0)
     if options.full_window_baselines and mc.audio_window_s < full_positions / 50:
         full_data = test_set(res, speakers, report, window_s=full_positions / 50)
         if full_data.utt_ids != data.utt_ids:
@@ -226,7 +263,7 @@ def evaluate(
             if system not in wanted:
                 continue
             if system == "fp32":
-                full = pipeline.load_backbone(mc, seed=res.config.seed)[0]
+                full = res.full_precision()[0]
                 params = jax.tree.map(jnp.asarray, full)
             else:
                 params = full_q
@@ -247,7 +284,7 @@ def evaluate(
             "audio_window_s": mc.audio_window_s,
             "decoding": {
                 "beam_size": options.beam_size,
-                "max_new_tokens": dopts.max_new_tokens,
+                "max_new_tokens": token_budget(res, options),
                 "repetition_guard": {
                     "max_repeats": options.max_repeats,
                     "max_period": options.max_period,

@@ -202,3 +202,23 @@ def beam_search(
     out = s["tokens"][rows, 1:]
     lengths = jnp.argmax(jnp.concatenate([out, jnp.full((b, 1), eos)], 1) == eos, axis=1)
     return out, lengths, score[jnp.arange(b), best]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "options"))
+def beam_search_bank(
+    params: dict,
+    feats: jax.Array,
+    feat_lens: jax.Array,
+    lora: Any,
+    *,
+    config: conformer.ConformerConfig,
+    options: BeamOptions = BeamOptions(),
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`beam_search` where utterance i uses its own adapters: every leaf of `lora` has a leading
+    axis [B] (e.g. `lora.take(bank, rows)`); one compiled program serves any mix of speakers."""
+
+    def one(f, n, lo):
+        out = beam_search(params, f[None], n[None], config=config, options=options, lora=lo)
+        return jax.tree.map(lambda x: x[0], out)
+
+    return jax.vmap(one)(feats, feat_lens, lora)

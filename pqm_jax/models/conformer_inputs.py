@@ -71,6 +71,41 @@ class CharVocab:
         return cls(tokens)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Special:
+    eot: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CharTokenizer:
+    """A `CharVocab` behind the tokenizer interface the training and evaluation code uses
+    (`pqm_jax.text.Tokenizer`'s `prompt`, `special.eot`, `encode`, `decode`): the prompt is
+    `<sos/eos>` alone, end-of-text is `<sos/eos>` too, and text is lower-cased."""
+
+    vocab: CharVocab
+    suppress_tokens: tuple[int, ...] = ()
+    begin_suppress_tokens: tuple[int, ...] = ()
+
+    @property
+    def special(self) -> _Special:
+        return _Special(eot=self.vocab.eos)
+
+    def prompt(self) -> tuple[int, ...]:
+        return (self.vocab.eos,)
+
+    def encode(self, text: str, *, leading_space: bool = False) -> list[int]:
+        del leading_space  # characters: no word-boundary marker
+        return self.vocab.encode(normalize(text))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.vocab.decode(ids)
+
+
+def normalize(text: str) -> str:
+    """What the character models read and write: lower case, single spaces."""
+    return " ".join(text.lower().split())
+
+
 def _masks(key: jax.Array, size: jax.Array, n: int, width: jax.Array, axis_len: int) -> jax.Array:
     """n random bands per row: [B, axis_len] True inside a band. size, width: [B] limits."""
     b = size.shape[0]

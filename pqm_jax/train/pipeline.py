@@ -5,9 +5,10 @@ A run lives in one work folder:
     config.json            the run's configuration (a resumed run must match it)
     metrics.jsonl, tb/     metrics (JSON lines; TensorBoard scalars); metrics.png at the end
     features/              cached log-mel windows (reused by resumed runs and the evaluation)
+    pretrain/              Conformer runs: the model trained from scratch (see `pretrain`)
     data/synth/            rendered synthetic speakers (source "synth")
     ckpt/base              the quantised base, saved once
-    ckpt/stage2, stage3    rolling checkpoints of the running stage (adapters, optimiser
+    ckpt/pretrain, stage2, stage3    rolling checkpoints of the running stage (adapters, optimiser
                            state, data position); deleted when the stage's result is saved
     stage2/final           the selected speaker-independent adapters (+ info)
     stage3/bank/chunk_NNNN one speaker per item (restore one without reading the others)
@@ -34,11 +35,11 @@ from pqm_jax import lora as lora_lib
 from pqm_jax import text as text_lib
 from pqm_jax.convert import ct2
 from pqm_jax.data import issues
-from pqm_jax.models import whisper
+from pqm_jax.models import conformer, conformer_inputs, whisper
 from pqm_jax.quant import tree as qtree
 from pqm_jax.train import config as config_lib
 from pqm_jax.train import corpus as corpus_lib
-from pqm_jax.train import featurize, metrics, stages, steps
+from pqm_jax.train import featurize, metrics, pretrain, stages, steps
 
 # Keys: fold_in(key(seed), purpose) for each purpose.
 KEY_MODEL, KEY_LORA, KEY_STAGE2, KEY_STAGE3 = 0, 1, 2, 3
@@ -66,8 +67,15 @@ def init_distributed(spec: config_lib.DistributedSpec) -> None:
     jax.distributed.initialize(**kwargs)
 
 
-def load_backbone(spec: config_lib.ModelSpec, *, seed: int) -> tuple[dict, Any, Any]:
-    """Full-precision (params, WhisperConfig, tokenizer) of `spec.name` (nothing downloads)."""
+def load_backbone(
+    spec: config_lib.ModelSpec, *, seed: int, workdir: str | pathlib.Path | None = None
+) -> tuple[dict, Any, Any]:
+    """Full-precision (params, model config, tokenizer) of `spec.name` (nothing downloads).
+
+    A Conformer is read from its model folder (`spec.path`, else `<workdir>/pretrain`).
+    """
+    if spec.name == "conformer":
+        return pretrain.load(pretrain.folder(spec, workdir))
     if spec.name == "tiny.en":
         folder = resources.tiny_en_dir()
         params, cfg, _ = ct2.load(folder)
@@ -95,14 +103,23 @@ def load_backbone(spec: config_lib.ModelSpec, *, seed: int) -> tuple[dict, Any, 
     return init(cfg, key=key), cfg, tokenizer
 
 
+def quant_targets(spec: config_lib.ModelSpec) -> tuple[str, ...]:
+    """The quantised parameter paths: `spec.quant_targets`, except that a Conformer left with
+    Whisper's default targets gets its own (every linear and convolution kernel, the token
+    embedding)."""
+    if spec.name == "conformer" and spec.quant_targets == config_lib.QUANT_TARGETS:
+        return conformer.QUANT_TARGETS
+    return spec.quant_targets
+
+
 def quantize(params: dict, spec: config_lib.ModelSpec) -> dict:
-    """The frozen base: `spec.quant_targets` quantised with `spec.quant` (or unchanged)."""
+    """The frozen base: the `quant_targets` quantised with `spec.quant` (or unchanged)."""
     if spec.quant == "none":
         return params
     options: dict[str, Any] = {"block_size": spec.block_size}
     if spec.quant in ("nf4", "fp4"):
         options["double_quant"] = spec.double_quant
-    return qtree.quantize_tree(params, qtree.match_any(spec.quant_targets), spec.quant, **options)
+    return qtree.quantize_tree(params, qtree.match_any(quant_targets(spec)), spec.quant, **options)
 
 
 def base_checkpoint(workdir: pathlib.Path) -> pathlib.Path:
@@ -112,7 +129,7 @@ def base_checkpoint(workdir: pathlib.Path) -> pathlib.Path:
 def quantized_base(config: config_lib.RunConfig, workdir: pathlib.Path) -> tuple[dict, Any, Any]:
     """(quantised base, full WhisperConfig, tokenizer): restored from `ckpt/base`, or quantised
     now and saved there once."""
-    params, cfg, tokenizer = load_backbone(config.model, seed=config.seed)
+    params, cfg, tokenizer = load_backbone(config.model, seed=config.seed, workdir=workdir)
     path = base_checkpoint(workdir)
     abstract = jax.eval_shape(lambda p: quantize(p, config.model), params)
     if path.exists():
@@ -226,7 +243,7 @@ def setup(
         mesh=mesh,
         base=sharding.put(base, shardings),
         base_shardings=shardings,
-        step_config=steps.StepConfig(model=cfg, dtype=config.model.dtype),
+        step_config=_step_config(config, cfg),
         tokenizer=tokenizer,
         store=featurize.FeatureStore(
             workdir / "features",
@@ -239,6 +256,49 @@ def setup(
     )
 
 
+def _step_config(config: config_lib.RunConfig, cfg: Any) -> steps.StepConfig:
+    if config.model.name == "conformer":
+        return pretrain.step_config(config, cfg, pretraining=False)
+    return steps.StepConfig(model=cfg, dtype=config.model.dtype)
+
+
+def pretrain_backbone(
+    config: config_lib.RunConfig, workdir: pathlib.Path, *, progress: bool = True
+) -> dict[str, Any]:
+    """The `pretrain` stage: trains this run's Conformer into `<workdir>/pretrain` (resumably).
+
+    Returns:
+      the training info.
+    """
+    report = issues.InputReport()
+    writer = metrics.MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    try:
+        corpus = corpus_lib.build(config.data, workdir, report=report)
+        vocab = pretrain.vocabulary(corpus)
+        cfg = pretrain.model_config(config.model, vocab)
+        run = Run(
+            config=config,
+            workdir=workdir,
+            mesh=sharding.make_mesh(config.mesh),
+            base={},
+            base_shardings={},
+            step_config=pretrain.step_config(config, cfg, pretraining=True),
+            tokenizer=conformer_inputs.CharTokenizer(vocab),
+            store=featurize.FeatureStore(
+                workdir / "features",
+                window_s=config.model.audio_window_s,
+                n_mels=cfg.n_mels,
+                report=report,
+            ),
+            writer=writer,
+            progress=progress,
+        )
+        writer.event("pretrain", vocab=list(vocab.tokens), corpus=corpus.summary())
+        return pretrain.train(run, corpus, vocab)
+    finally:
+        writer.close()
+
+
 def initial_adapters(run: Run) -> Any:
     """Stage-2 starting adapters (B = 0: the adapted model equals the base)."""
     key = jax.random.fold_in(jax.random.key(run.config.seed), KEY_LORA)
@@ -248,7 +308,7 @@ def initial_adapters(run: Run) -> Any:
 def run_pipeline(
     config: config_lib.RunConfig, workdir: str | pathlib.Path, *, progress: bool = True
 ) -> dict[str, Any]:
-    """Runs (or resumes) quantise -> stage 2 -> stage 3 in `workdir`.
+    """Runs (or resumes) [pretrain ->] quantise -> stage 2 -> stage 3 in `workdir`.
 
     Returns:
       a summary: {"stage2": info, "stage3": manifest} as written to disk.
@@ -257,6 +317,10 @@ def run_pipeline(
       ConfigError: for a configuration that cannot run (named key).
       SimulatedFailure: from the `debug.fail_after_steps` hook.
     """
+    workdir = pathlib.Path(workdir)
+    check_workdir(config, workdir)
+    if pretrain.needed(config.model, workdir):
+        pretrain_backbone(config, workdir, progress=progress)
     run = setup(config, workdir, progress=progress)
     try:
         run.writer.event("start", config=config_lib.to_dict(config))

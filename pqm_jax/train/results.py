@@ -48,13 +48,18 @@ class Results:
         return sorted(self.manifest.get("speakers", {}))
 
     def backbone(self) -> tuple[dict, Any, Any]:
-        """(quantised base, full WhisperConfig, tokenizer) from `ckpt/base` (read once)."""
+        """(quantised base, full model config, tokenizer) from `ckpt/base` (read once)."""
         if self._backbone is None:
             self._backbone = pipeline.quantized_base(self.config, self.workdir)
         return self._backbone
 
+    def full_precision(self) -> tuple[dict, Any, Any]:
+        """(full-precision params, model config, tokenizer): the backbone before quantisation."""
+        spec = self.config.model
+        return pipeline.load_backbone(spec, seed=self.config.seed, workdir=self.workdir)
+
     def model(self) -> tuple[dict, Any]:
-        """(quantised base, WhisperConfig) cut to the run's audio window."""
+        """(quantised base, model config) cut to the run's audio window."""
         base, cfg, _ = self.backbone()
         return steps.window(base, cfg, self.config.model.audio_window_s)
 

@@ -8,6 +8,7 @@ adapters of an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -63,6 +64,22 @@ def _dev_accuracy(run, eval_fn, lora, dev: ex.Examples | None, batch: int) -> fl
     return correct / max(tokens, 1.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How `train_tree` runs: the stage's name (metrics, checkpoint folder), key purpose,
+    batch sizes, evaluation and checkpoint cadence, optimiser, and length."""
+
+    name: str
+    purpose: int
+    batch_size: int
+    eval_batch_size: int
+    total_steps: int
+    steps_per_epoch: int
+    eval_every: int
+    ckpt_every: int
+    optim: optim.OptimConfig
+
+
 def stage2(
     run: pipeline.Run, corpus: corpus_lib.Corpus, init_lora: Any
 ) -> tuple[Any, dict[str, Any]]:
@@ -87,68 +104,95 @@ def stage2(
             "(data.si_root / data.si_speakers / data.si_voices) or set stage2.enabled=False"
         )
     dev = run.examples(corpus.si_dev, desc="features stage 2 dev")
-    b, a = spec.batch_size, spec.optim.accumulate
-    _check_divisible(run, "stage2.batch_size / optim.accumulate", b // a)
-    _check_divisible(run, "stage2.eval_batch_size", spec.eval_batch_size)
-    per_epoch = ex.steps_per_epoch(len(train), b)
-    total = spec.steps or spec.epochs * per_epoch
-    every = spec.eval_every or per_epoch
-    key = _key(run, 2)
-    opt_state = optim.init(spec.optim, init_lora)
+    per_epoch = ex.steps_per_epoch(len(train), spec.batch_size)
+    schedule = Schedule(
+        name="stage2",
+        purpose=2,
+        batch_size=spec.batch_size,
+        eval_batch_size=spec.eval_batch_size,
+        total_steps=spec.steps or spec.epochs * per_epoch,
+        steps_per_epoch=per_epoch,
+        eval_every=spec.eval_every or per_epoch,
+        ckpt_every=spec.ckpt_every,
+        optim=spec.optim,
+    )
+    best, info = train_tree(run, init_lora, train, dev, schedule)
+    checkpoint.save(final, {"lora": best, "info": checkpoint.Json(info)})
+    checkpoint.Series(run.workdir / "ckpt" / schedule.name).clear()
+    return best, info
+
+
+def train_tree(
+    run: pipeline.Run, init: Any, train: ex.Examples, dev: ex.Examples | None, sched: Schedule
+) -> tuple[Any, dict[str, Any]]:
+    """Trains the tree `init` (adapters, or the whole model when `run.step_config.trainable`
+    is "backbone") on `train`, keeping the best by `dev` token accuracy; resumes from the
+    newest checkpoint in ckpt/<name>. The caller saves the result and clears the series.
+
+    Returns:
+      (best tree, info: steps, best step and dev accuracy, utterance counts).
+    """
+    b, a = sched.batch_size, sched.optim.accumulate
+    _check_divisible(run, f"{sched.name}.batch_size / optim.accumulate", b // a)
+    _check_divisible(run, f"{sched.name}.eval_batch_size", sched.eval_batch_size)
+    total, per_epoch, every = sched.total_steps, sched.steps_per_epoch, sched.eval_every
+    key = _key(run, sched.purpose)
+    rep = sharding.tree_replicated(init, run.mesh)
+    opt_state = optim.init(sched.optim, init)
     step_fn = steps_lib.jit_si_step(
         config=run.step_config,
-        optimizer=spec.optim,
+        optimizer=sched.optim,
         steps_per_epoch=per_epoch,
         total_steps=total,
         mesh=run.mesh,
-        lora=init_lora,
+        lora=init,
         opt_state=opt_state,
         base_shardings=run.base_shardings,
     )
     eval_fn = steps_lib.jit_eval(
-        config=run.step_config, mesh=run.mesh, lora=init_lora, base_shardings=run.base_shardings
+        config=run.step_config, mesh=run.mesh, lora=init, base_shardings=run.base_shardings
     )
-    series = checkpoint.Series(run.workdir / "ckpt" / "stage2")
+    series = checkpoint.Series(run.workdir / "ckpt" / sched.name)
     opt_rep = sharding.tree_replicated(opt_state, run.mesh)
     targets = {
-        "lora": sharding.abstract(init_lora, rep),
+        "lora": sharding.abstract(init, rep),
         "opt_state": sharding.abstract(opt_state, opt_rep),
-        "best": sharding.abstract(init_lora, rep),
+        "best": sharding.abstract(init, rep),
         "position": checkpoint.Json(),
     }
     restored = series.restore_latest(targets)
     if restored is not None:
         _, items = restored
-        lora, opt_state, best = items["lora"], items["opt_state"], items["best"]
+        tree, opt_state, best = items["lora"], items["opt_state"], items["best"]
         pos = items["position"]
         step, best_acc, best_step = pos["step"], pos["best_dev_accuracy"], pos["best_step"]
     else:
-        lora = best = sharding.put(init_lora, rep)
+        tree = best = sharding.put(init, rep)
         opt_state = sharding.put(opt_state, opt_rep)
         step, best_step = 0, 0
-        best_acc = _dev_accuracy(run, eval_fn, lora, dev, spec.eval_batch_size)
-        run.writer.write("stage2", 0, {"dev_accuracy": best_acc})
-    bar = run.bar(total=total, initial=step, desc="stage 2", unit="step")()
+        best_acc = _dev_accuracy(run, eval_fn, tree, dev, sched.eval_batch_size)
+        run.writer.write(sched.name, 0, {"dev_accuracy": best_acc})
+    bar = run.bar(total=total, initial=step, desc=sched.name, unit="step")()
     seed = run.config.data.seed
     while step < total:
-        batch = ex.batch_at(train, seed=seed, name="stage2", step=step, batch=b)
+        batch = ex.batch_at(train, seed=seed, name=sched.name, step=step, batch=b)
         batch = _put(run, ex.micro(batch, a), 1)
-        lora, opt_state, m = step_fn(lora, opt_state, run.base, batch, jnp.int32(step), key)
+        tree, opt_state, m = step_fn(tree, opt_state, run.base, batch, jnp.int32(step), key)
         step += 1
         m = {k: float(v) for k, v in jax.device_get(m).items()}
-        run.writer.write("stage2", step, m, epoch=(step - 1) // per_epoch)
+        run.writer.write(sched.name, step, m, epoch=(step - 1) // per_epoch)
         bar.update(1)
         bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.3f}", lr=f"{m['lr']:.1e}")
         run.tick()
         evaluate = step % every == 0 or step == total
         if evaluate:
-            acc = _dev_accuracy(run, eval_fn, lora, dev, spec.eval_batch_size)
+            acc = _dev_accuracy(run, eval_fn, tree, dev, sched.eval_batch_size)
             if acc > best_acc or dev is None:
-                best, best_acc, best_step = lora, acc, step
-            run.writer.write("stage2", step, {"dev_accuracy": acc}, best_step=best_step)
-        if evaluate or (spec.ckpt_every and step % spec.ckpt_every == 0):
+                best, best_acc, best_step = tree, acc, step
+            run.writer.write(sched.name, step, {"dev_accuracy": acc}, best_step=best_step)
+        if evaluate or (sched.ckpt_every and step % sched.ckpt_every == 0):
             pos = {"step": step, "best_dev_accuracy": best_acc, "best_step": best_step}
-            items = {"lora": lora, "opt_state": opt_state, "best": best}
+            items = {"lora": tree, "opt_state": opt_state, "best": best}
             series.save(step, items | {"position": checkpoint.Json(pos)})
     bar.close()
     info = {
@@ -159,8 +203,6 @@ def stage2(
         "train_utterances": len(train),
         "dev_utterances": 0 if dev is None else len(dev),
     }
-    checkpoint.save(final, {"lora": best, "info": checkpoint.Json(info)})
-    series.clear()
     return best, info
 
 

@@ -25,7 +25,7 @@ import optax
 from pqm_jax import sharding
 from pqm_jax.models import whisper
 from pqm_jax.quant import base as qbase
-from pqm_jax.train import optim
+from pqm_jax.train import conformer_steps, optim
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _PROGRAMS: dict[Any, Any] = {}
@@ -57,20 +57,30 @@ class StepConfig:
     """What a step computes (hashable: a static argument of jit).
 
     Attributes:
-      model: the architecture, already cut to the training audio window (see `window`).
+      model: the architecture, already cut to the training audio window (see `window`): a
+        `WhisperConfig` or a `ConformerConfig` (see `conformer_steps`).
       dtype: compute dtype of activations, "float32" or "bfloat16" (LoRA weights, optimiser
         state and the loss stay float32).
       dropout: residual/activation dropout of the backbone (Whisper checkpoints: 0). LoRA
         dropout is a property of the adapters.
+      trainable: "lora" (the trained tree is the adapters over a frozen base) or "backbone"
+        (the trained tree is the model itself and the base argument is ignored: pretraining).
+      ctc_weight: Conformer only: weight of the CTC term of the joint loss.
+      spec_augment: Conformer only: SpecAugment the features when a dropout key is given.
     """
 
-    model: whisper.WhisperConfig
+    model: Any
     dtype: str = "float32"
     dropout: float = 0.0
+    trainable: str = "lora"
+    ctc_weight: float = 0.3
+    spec_augment: bool = False
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"compute dtype {self.dtype!r} unknown; use one of {tuple(DTYPES)}")
+        if self.trainable not in ("lora", "backbone"):
+            raise ValueError(f"trainable must be lora or backbone, got {self.trainable!r}")
 
 
 def window_positions(window_s: float) -> int:
@@ -81,10 +91,10 @@ def window_positions(window_s: float) -> int:
     return positions
 
 
-def window(
-    params: dict, config: whisper.WhisperConfig, window_s: float
-) -> tuple[dict, whisper.WhisperConfig]:
+def window(params: dict, config: Any, window_s: float) -> tuple[dict, Any]:
     """The model cut to an audio window of `window_s` seconds (30 = Whisper as released).
+
+    A Conformer reads any length: it is returned unchanged.
 
     Whisper's encoder takes a fixed 30 s window; a shorter one keeps the first positions of the
     (sinusoidal) encoder position table, as whisper.cpp's `audio_ctx` does. Training and
@@ -95,6 +105,8 @@ def window(
       positions, so `encode` expects mel [B, n_mels, 2 * positions]).
     """
     positions = window_positions(window_s)
+    if not isinstance(config, whisper.WhisperConfig):
+        return params, config
     if positions > config.max_source_positions:
         raise ValueError(
             f"audio window {window_s} s needs {positions} encoder positions; the model has "
@@ -120,7 +132,12 @@ def token_stats(
 
     Returns:
       {"loss_sum": sum of token cross-entropies, "correct": argmax hits, "tokens": weight sum}.
+      A Conformer's loss_sum is its joint CTC-attention loss summed over utterances.
     """
+    if not isinstance(config.model, whisper.WhisperConfig):
+        return conformer_steps.token_stats(lora, base, batch, config=config, rng=rng)
+    if config.trainable == "backbone":
+        base, lora = lora, None
     dtype = DTYPES[config.dtype]
     kw = dict(config=config.model, lora=lora, dtype=dtype)
     kw |= dict(dropout_rng=rng, dropout_rate=config.dropout)
