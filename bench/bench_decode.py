@@ -11,8 +11,9 @@ evaluation utterances have 4), resampled to 16 kHz. Each clip is one padded 30 s
 Whisper decodes). Every engine stops a row after `--max-new` tokens (default 224, the cap of
 openai-whisper and CTranslate2; HF's own default is 448 minus the prompt). Times cover encoder + decoding from log-mel features (computed once, shared by every
 engine; their cost is printed separately); compilation and a warm-up batch are excluded. Engines
-run round-robin `--repeats` times and the best time counts, which damps noise from other load.
-RTF = seconds of compute / seconds of audio (lower is faster).
+run round-robin `--repeats` times and the median time counts, which damps noise from other load.
+RTF = seconds of compute / seconds of audio (lower is faster). `--json FILE` also writes
+`report.Row`s (ours / peer, see `PAIRS`) for bench/run_all.py.
 
 Engines: jax (float32, batch `--batch`), jax-b1 (batch 1), jax-nf4 (NF4 linears + embedding),
 jax-nf4-guard (same, with the repetition stop max_repeats=4), jax-nf4-stepdequant (NF4 without
@@ -29,9 +30,28 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import report
 
 ENGINES = ("jax", "jax-b1", "jax-nf4", "jax-nf4-guard", "hf", "hf-b1", "ct2", "ct2-int8")
 GUARD = {"max_repeats": 4, "max_period": 8}  # the repetition stop of "jax-nf4-guard"
+LABELS = {
+    "jax": "pqm-jax float32",
+    "jax-b1": "pqm-jax float32, batch 1",
+    "jax-nf4": "pqm-jax NF4",
+    "jax-nf4-guard": "pqm-jax NF4 + repetition guard",
+    "jax-nf4-stepdequant": "pqm-jax NF4, dequantise per step",
+    "hf": "transformers float32",
+    "hf-b1": "transformers float32, batch 1",
+    "ct2": "CTranslate2 float32",
+    "ct2-int8": "CTranslate2 int8",
+}
+# (ours, peer) pairs reported as rows when both engines ran.
+PAIRS = (
+    ("jax", "hf"),
+    ("jax", "ct2"),
+    ("jax-b1", "hf-b1"),
+    ("jax-nf4-guard", "ct2-int8"),
+)
 
 
 @dataclasses.dataclass
@@ -247,6 +267,33 @@ def _wer(hyps: list[str], refs: list[str]) -> float:
     return errors / max(words, 1)
 
 
+def rows(
+    times: dict[str, list[float]],
+    tokens: dict[str, list[list[int]]],
+    audio_s: float,
+    batch: int,
+) -> list[report.Row]:
+    """RTF rows for the `PAIRS` whose two engines both ran (medians over the repeats)."""
+    out = []
+    for ours, peer in PAIRS:
+        if ours not in times or peer not in times:
+            continue
+        b = 1 if ours.endswith("b1") else batch
+        same = sum(a == c for a, c in zip(tokens[ours], tokens[peer]))
+        out.append(
+            report.row(
+                f"greedy decoding RTF, {LABELS[ours]} (batch {b})",
+                [t / audio_s for t in times[ours]],
+                [t / audio_s for t in times[peer]],
+                peer_name=LABELS[peer],
+                unit="RTF",
+                better="lower",
+                note=f"same tokens on {same}/{len(tokens[ours])} clips",
+            )
+        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny.en", help="tiny.en, base or a CT2 folder")
@@ -255,8 +302,9 @@ def main() -> None:
     parser.add_argument("--max-new", type=int, default=224, help="token cap per utterance")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="torch / CTranslate2 threads")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--json", help="also write report rows here (for bench/run_all.py)")
     args = parser.parse_args()
 
     s = _setup(args.model, args.clips, args.digits)
@@ -272,13 +320,14 @@ def main() -> None:
             run(s.mel[: args.batch])  # compile / warm up on one batch
             print(f"{engine}: warm-up {time.perf_counter() - t:.1f} s")
             runs[engine] = run
-    best: dict[str, float] = {}
+    times: dict[str, list[float]] = {}
     tokens: dict[str, list[list[int]]] = {}
     for _ in range(args.repeats):
         for engine, run in runs.items():
             t = time.perf_counter()
             tokens[engine] = run(s.mel)
-            best[engine] = min(best.get(engine, np.inf), time.perf_counter() - t)
+            times.setdefault(engine, []).append(time.perf_counter() - t)
+    best = {engine: float(np.median(ts)) for engine, ts in times.items()}
     ref_engine = "jax" if "jax" in tokens else next(iter(tokens))
     print(
         f"\n| engine | RTF | time (s) | vs transformers b{args.batch} | same tokens as "
@@ -293,6 +342,15 @@ def main() -> None:
             f"| {engine} | {secs / s.audio_s:.4f} | {secs:.2f} | {ratio} | "
             f"{same}/{len(tokens[engine])} | {100 * _wer(hyps, s.refs):.1f}% |"
         )
+    if args.json:
+        setting = [
+            f"Whisper {args.model}, {args.clips} FSDD clips of {args.digits} digits "
+            f"({s.audio_s:.1f} s of audio), one padded 30 s window each, batch {args.batch}, "
+            f"greedy, at most {args.max_new} new tokens, {args.threads} torch/CTranslate2 "
+            "threads; log-mel shared and not timed; engines round-robin, "
+            f"{args.repeats} repeats; RTF = compute s / audio s",
+        ]
+        report.dump(args.json, rows(times, tokens, s.audio_s, args.batch), setting)
 
 
 if __name__ == "__main__":

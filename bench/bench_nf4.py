@@ -1,7 +1,8 @@
 """NF4 quantise/dequantise throughput: pqm_jax against bitsandbytes' CPU path, same run, same data.
 
-Run: python bench/bench_nf4.py [--size 4096] [--repeats 7]
-Prints medians and ratios (bitsandbytes time / ours: above 1 means we are faster).
+Run: python bench/bench_nf4.py [--size 4096] [--repeats 7] [--json rows.json]
+Prints medians and ratios (bitsandbytes time / ours: above 1 means we are faster); `measure`
+returns the same as `report.Row`s (ours / peer), which `--json` writes for bench/run_all.py.
 """
 
 from __future__ import annotations
@@ -13,49 +14,80 @@ import time
 
 import jax
 import numpy as np
+import report
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (compilation for jax)
-    times = []
+def times(fn, repeats: int) -> list[float]:
+    """Seconds of `repeats` calls of `fn` after one warm-up call (compilation for jax)."""
+    fn()
+    out = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def median_time(fn, repeats: int) -> float:
+    return statistics.median(times(fn, repeats))
+
+
+def measure(size: int, repeats: int) -> list[report.Row]:
+    """Quantise and dequantise a [size, size] float32 matrix (block 64), with and without
+    double quantisation: ours (jitted, on JAX's default device) against bitsandbytes on CPU."""
+    import bitsandbytes.functional as bnbf
+    import torch
+
+    from pqm_jax.quant import nf4
+
+    x = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+    t = torch.from_numpy(x)
+    xj = jax.device_put(x)
+    rows = []
+    for dq in (False, True):
+        ours_q = times(
+            lambda dq=dq: jax.block_until_ready(nf4.quantize(xj, double_quant=dq)), repeats
+        )
+        bnb_q = times(
+            lambda dq=dq: bnbf.quantize_4bit(t, quant_type="nf4", compress_statistics=dq),
+            repeats,
+        )
+        q = nf4.quantize(xj, double_quant=dq)
+        deq = jax.jit(lambda q: q.dequantize())
+        ours_d = times(lambda q=q, f=deq: jax.block_until_ready(f(q)), repeats)
+        packed, state = bnbf.quantize_4bit(t, quant_type="nf4", compress_statistics=dq)
+        bnb_d = times(lambda p=packed, s=state: bnbf.dequantize_4bit(p, s), repeats)
+        for op, ours, peer in (("quantise", ours_q, bnb_q), ("dequantise", ours_d, bnb_d)):
+            rows.append(
+                report.row(
+                    f"NF4 {op} {size}x{size}, block 64, double quant {'on' if dq else 'off'}",
+                    ours,
+                    peer,
+                    peer_name="bitsandbytes CPU",
+                    unit="s",
+                    better="lower",
+                )
+            )
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--json", help="also write the rows here (for bench/run_all.py)")
     args = ap.parse_args()
 
-    import bitsandbytes.functional as bnbf
     import torch
 
-    from pqm_jax.quant import nf4
-
-    x = np.random.default_rng(0).standard_normal((args.size, args.size)).astype(np.float32)
-    t = torch.from_numpy(x)
-    xj = jax.device_put(x)
-    rows = []
-    for dq in (False, True):
-        ours_q = median_time(
-            lambda dq=dq: jax.block_until_ready(nf4.quantize(xj, double_quant=dq)), args.repeats
-        )
-        bnb_q = median_time(
-            lambda dq=dq: bnbf.quantize_4bit(t, quant_type="nf4", compress_statistics=dq),
-            args.repeats,
-        )
-        q = nf4.quantize(xj, double_quant=dq)
-        deq = jax.jit(lambda q: q.dequantize())
-        ours_d = median_time(lambda q=q, f=deq: jax.block_until_ready(f(q)), args.repeats)
-        packed, state = bnbf.quantize_4bit(t, quant_type="nf4", compress_statistics=dq)
-        bnb_d = median_time(lambda p=packed, s=state: bnbf.dequantize_4bit(p, s), args.repeats)
-        rows.append(("quantise", dq, ours_q, bnb_q))
-        rows.append(("dequantise", dq, ours_d, bnb_d))
-
+    rows = measure(args.size, args.repeats)
+    if args.json:
+        setting = [
+            f"{args.size}x{args.size} float32 standard normal; our jitted quantise/dequantise on "
+            f"{jax.devices()[0].platform}, bitsandbytes' CPU path with {torch.get_num_threads()} "
+            "torch threads; one warm-up call each, excluded"
+        ]
+        report.dump(args.json, rows, setting)
     n = args.size * args.size
     print(f"# NF4 {args.size}x{args.size}, block 64, median of {args.repeats}")
     print(
@@ -66,9 +98,11 @@ def main() -> None:
         "| op | double quant | pqm_jax (s) | bitsandbytes (s) | speed-up (bnb/ours) | ours Mweights/s |"
     )
     print("|---|---|---|---|---|---|")
-    for op, dq, ours, ref in rows:
+    for r in rows:
+        op, dq = r.figure.split()[1], r.figure.endswith("on")
         print(
-            f"| {op} | {dq} | {ours:.4f} | {ref:.4f} | {ref / ours:.2f}x | {n / ours / 1e6:.0f} |"
+            f"| {op} | {dq} | {r.ours:.4f} | {r.peer:.4f} | {1 / r.ratio:.2f}x | "
+            f"{n / r.ours / 1e6:.0f} |"
         )
 
 
