@@ -172,6 +172,7 @@ def _hf_engine(s: Setup, batch: int, max_new: int, threads: int):
     prompt = tok.prompt("en" if tok.multilingual else None)
 
     def run(mel: np.ndarray) -> list[list[int]]:
+        torch.set_num_threads(threads)  # a process-wide setting: each engine sets its own
         out = []
         with torch.inference_mode():
             for sl in _batches(len(mel), batch):
@@ -250,6 +251,20 @@ def _make(engine: str, s: Setup, batch: int, max_new: int, threads: int) -> Call
     raise SystemExit(f"unknown engine {engine}")
 
 
+def _probe_threads(engine: str, s: Setup) -> tuple[int, dict[int, float]]:
+    """The faster thread count for `engine`, 1 or all cores, timed on one clip (16 tokens)."""
+    probe = {}
+    for threads in sorted({1, os.cpu_count() or 1}):
+        run = _make(engine, s, 1, 16, threads)
+        if run is None:
+            return threads, probe
+        run(s.mel[:1])  # warm up
+        t = time.perf_counter()
+        run(s.mel[:1])
+        probe[threads] = time.perf_counter() - t
+    return min(probe, key=probe.get), probe
+
+
 def _wer(hyps: list[str], refs: list[str]) -> float:
     from pqm_jax import text
 
@@ -301,7 +316,13 @@ def main() -> None:
     parser.add_argument("--digits", type=int, default=4, help="digits per clip")
     parser.add_argument("--max-new", type=int, default=224, help="token cap per utterance")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2, help="torch / CTranslate2 threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch / CTranslate2 threads; 0: per engine the faster of 1 and all cores, by a "
+        "probe (more threads can be far slower on a CPU other jobs share)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--json", help="also write report rows here (for bench/run_all.py)")
@@ -310,11 +331,16 @@ def main() -> None:
     s = _setup(args.model, args.clips, args.digits)
     print(
         f"model {args.model}: {args.clips} clips, {s.audio_s:.1f} s of audio, batch {args.batch},"
-        f" {args.threads} threads, {os.cpu_count()} CPUs"
+        f" {args.threads or 'probed'} threads, {os.cpu_count()} CPUs"
     )
     runs: dict[str, Callable] = {}
+    chosen: dict[str, str] = {}
     for engine in args.engines.split(","):
-        run = _make(engine, s, args.batch, args.max_new, args.threads)
+        threads = args.threads
+        if not threads and engine.startswith(("hf", "ct2")):
+            threads, probe = _probe_threads(engine, s)
+            chosen[engine] = f"{threads} ({', '.join(f'{k}: {v:.2f} s' for k, v in probe.items())})"
+        run = _make(engine, s, args.batch, args.max_new, threads or os.cpu_count() or 1)
         if run is not None:
             t = time.perf_counter()
             run(s.mel[: args.batch])  # compile / warm up on one batch
@@ -346,9 +372,16 @@ def main() -> None:
         setting = [
             f"Whisper {args.model}, {args.clips} FSDD clips of {args.digits} digits "
             f"({s.audio_s:.1f} s of audio), one padded 30 s window each, batch {args.batch}, "
-            f"greedy, at most {args.max_new} new tokens, {args.threads} torch/CTranslate2 "
-            "threads; log-mel shared and not timed; engines round-robin, "
-            f"{args.repeats} repeats; RTF = compute s / audio s",
+            f"greedy, at most {args.max_new} new tokens; log-mel shared and not timed; engines "
+            f"round-robin, {args.repeats} repeats; RTF = compute s / audio s",
+            "threads: "
+            + (
+                f"{args.threads} for torch and CTranslate2"
+                if args.threads
+                else "JAX its default (all cores); torch / CTranslate2 per engine the faster of "
+                "1 and all cores in a one-clip probe: "
+                + "; ".join(f"{e} {c}" for e, c in chosen.items())
+            ),
         ]
         report.dump(args.json, rows(times, tokens, s.audio_s, args.batch), setting)
 

@@ -101,12 +101,12 @@ def reading(r: Row) -> str:
 
 
 def fmt(x: float) -> str:
-    """A compact number: 3 significant digits, thousands grouped for big integers."""
+    """A compact number: 4 significant digits, thousands grouped for big integers."""
     if not math.isfinite(x):
         return str(x)
     if abs(x) >= 1e4:
         return f"{x:,.0f}"
-    return f"{x:.3g}"
+    return f"{x:.4g}"
 
 
 def _cell(text: str) -> str:

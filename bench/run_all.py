@@ -33,14 +33,15 @@ SECTIONS = {
     "forward": (
         "NF4 against float32: forward pass and weight memory",
         "bench/bench_forward.py",
-        "--window 30 --batch 1 --tokens 32 --repeats 5",
+        "--window 30 --batch 1 --tokens 32 --repeats 7",
         "--window 4 --batch 1 --tokens 16 --repeats 3",
     ),
     "decode": (
         "Greedy decoding real-time factor against transformers and CTranslate2",
         "bench/bench_decode.py",
-        "--clips 8 --batch 8 --repeats 3 --engines jax,jax-b1,jax-nf4-guard,hf,hf-b1,ct2,ct2-int8",
-        "--clips 2 --batch 2 --repeats 2 --max-new 64 --engines jax,hf,ct2",
+        "--clips 8 --batch 8 --repeats 3 --threads 0 "
+        "--engines jax,jax-b1,jax-nf4-guard,hf,hf-b1,ct2,ct2-int8",
+        "--clips 2 --batch 2 --repeats 2 --max-new 64 --threads 0 --engines jax,hf,ct2",
     ),
     "peft": (
         "Per-speaker adaptation against PyTorch + bitsandbytes NF4 + PEFT LoRA",
