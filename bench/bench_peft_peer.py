@@ -157,10 +157,11 @@ def measure(args) -> tuple[list[report.Row], list[str]]:
         f"({n_lora:,} trainable parameters in both); "
         f"AdamW lr {LR}, weight decay {WEIGHT_DECAY}",
         f"ours: NF4 base, one vmapped jitted step over a bank of {s} speakers on "
-        f"{jax.devices()[0].platform}; compile + warm-up {t_compile:.1f} s, excluded",
+        f"{jax.devices()[0].platform} (JAX's default threads); compile + warm-up "
+        f"{t_compile:.1f} s, excluded",
         f"peer: {n_linear} bitsandbytes Linear4bit NF4 layers (block 64, double quant; tied "
         f"token embedding rounded through NF4, convolutions float32), PEFT LoRA, "
-        f"torch {torch.__version__} with {torch.get_num_threads()} threads (the fastest in a "
+        f"torch {torch.__version__} on CPU with {torch.get_num_threads()} threads (the faster in a "
         f"probe of one step: {', '.join(f'{k}: {v:.2f} s' for k, v in probe.items())}); model "
         f"building {t_build:.1f} s, excluded",
     ]
