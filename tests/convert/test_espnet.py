@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import pathlib
-import sys
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from references import conformer_torch as R
+from references.conformer_torch import torch
 
 from pqm_jax.convert import espnet
 from pqm_jax.models import conformer
-
-torch = pytest.importorskip("torch")
-sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "models"))
-import test_conformer_torch as R  # noqa: E402  (the PyTorch reference and its small config)
 
 
 def _state_dict(config, seed: int = 0) -> dict:

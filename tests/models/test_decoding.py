@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from references import whisper_hf as H
+from references.whisper_hf import torch
 
 from pqm_jax import lora as lora_lib
 from pqm_jax.models import decoding
 from pqm_jax.quant import tree as qtree
-
-torch = pytest.importorskip("torch")
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import test_whisper_hf as H  # noqa: E402  (the tiny HF reference model and its converter)
 
 BATCH = 8
 OPTS = decoding.DecodeOptions(

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import functools
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from references import whisper_hf as H
 
 from pqm_jax import lora as lora_lib
 from pqm_jax.models import whisper
 from pqm_jax.quant import tree as qtree
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import test_whisper_hf as H  # the tiny HF reference model and its converter
 
 C = H.config()
 ALL_LINEARS = (r"_proj$", r"fc\d$")
