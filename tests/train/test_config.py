@@ -22,6 +22,8 @@ def test_every_config_is_valid(path):
 def test_expected_configs_exist():
     names = {p.stem for p in CONFIGS}
     assert {"demo", "fsdd", "librispeech", "tedlium", "whisper_base", "tiny_test"} <= names
+    assert {"conformer_synth", "conformer_fsdd", "conformer_tiny_test"} <= names
+    assert {"conformer_librispeech100", "conformer_librispeech960"} <= names
 
 
 @pytest.mark.parametrize(
@@ -37,6 +39,10 @@ def test_expected_configs_exist():
         ({"data": {"voices": "en-us"}}, "data.voices must be a list"),
         ({"data": {"split": [0.5, 0.5]}}, r"data.split must have 3 entries"),
         ({"stage2": {"enabled": "yes"}}, "stage2.enabled must be true/false"),
+        ({"model": {"path": "/x"}}, "model.path is for model.name='conformer'"),
+        ({"model": {"name": "conformer", "ctc_weight": 1.5}}, r"ctc_weight must be in \[0, 1\]"),
+        ({"data": {"text": "words"}}, "data.text='words' is not one of"),
+        ({"pretrain": {"steps": 0}}, "pretrain.steps must be >= 1"),
     ],
 )
 def test_bad_config_names_the_key(values, message):
