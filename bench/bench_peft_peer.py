@@ -12,9 +12,11 @@ teacher-forced cross-entropy:
 
 Timed: from fresh adapters and optimiser state to the K-th update of the last speaker; our
 compilation and the peer's model building are excluded (reported in the setting). The two routes
-run interleaved, `--repeats` times. Reported: speakers per minute, and seconds per step.
+run interleaved, `--repeats` times, for each bank size in `--speakers` (the peer's cost per
+speaker does not depend on S; ours falls as S grows). Reported: speakers per minute, and seconds
+per update of one speaker.
 
-Run: python bench/bench_peft_peer.py [--speakers 4] [--steps 3] [--batch 2] [--window 2]
+Run: python bench/bench_peft_peer.py [--speakers 4,16] [--steps 3] [--batch 2] [--window 2]
        [--tokens 16] [--repeats 3] [--threads 0] [--json rows.json]
 """
 
@@ -88,22 +90,12 @@ def measure(args) -> tuple[list[report.Row], list[str]]:
     mesh = sharding.make_mesh(sharding.MeshConfig(data=1), devices=jax.devices()[:1])
     base_s = sharding.base_shardings(base, mesh)
     base = sharding.put(base, base_s)
-    data = batches(cfg, args.speakers, args.steps, args.batch, args.tokens)
-
-    ours, n_lora = _ours(base, cfg, args.speakers, args.steps, mesh, base_s)
-    t = time.perf_counter()
-    ours(data)  # compile + warm up
-    t_compile = time.perf_counter() - t
-
     special = text_lib.load(resources.tiny_en_dir()).special
     t = time.perf_counter()
     model, n_linear = peft_route.build(
         jax.tree.map(np.asarray, full_w), cfg, sot=special.sot, eot=special.eot
     )
     t_build = time.perf_counter() - t
-    n_peer = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if n_peer != n_lora:
-        raise SystemExit(f"LoRA sizes differ: ours {n_lora}, PEFT {n_peer}")
 
     def peer(d: dict) -> float:
         loss = 0.0
@@ -113,56 +105,67 @@ def measure(args) -> tuple[list[report.Row], list[str]]:
         return loss
 
     probe = {}
+    one_step = {n: v[:1, :1] for n, v in batches(cfg, 1, 1, args.batch, args.tokens).items()}
     for threads in [args.threads] if args.threads else sorted({1, os.cpu_count() or 1}):
         torch.set_num_threads(threads)  # oversubscribed CPUs can make more threads far slower
-        peer({n: v[:1, :1] for n, v in data.items()})  # warm up (one step of one speaker)
+        peer(one_step)  # warm up (one step of one speaker)
         t = time.perf_counter()
-        peer({n: v[:1, :1] for n, v in data.items()})
+        peer(one_step)
         probe[threads] = time.perf_counter() - t
     torch.set_num_threads(min(probe, key=probe.get))
-    t_ours, t_peer = [], []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        ours(data)
-        t_ours.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        peer(data)
-        t_peer.append(time.perf_counter() - t)
-    s, k = args.speakers, args.steps
-    per_min = [[60.0 * s / x for x in ts] for ts in (t_ours, t_peer)]
-    per_step = [[x / (s * k) for x in ts] for ts in (t_ours, t_peer)]
+
+    rows, compiled, k = [], [], args.steps
     peer_name = "PyTorch + bitsandbytes NF4 + PEFT, speaker after speaker"
-    rows = [
-        report.row(
-            f"adaptation throughput, {s} speakers x {k} steps, batch {args.batch}, "
-            f"{args.window:g} s window, {args.tokens} tokens",
-            *per_min,
-            peer_name=peer_name,
-            unit="speakers/min",
-            better="higher",
-            note=f"{k}-step adaptations",
-        ),
-        report.row(
-            "seconds per update of one speaker (same setting)",
-            *per_step,
-            peer_name=peer_name,
-            unit="s",
-            better="lower",
-        ),
-    ]
+    for s in args.speakers:
+        data = batches(cfg, s, k, args.batch, args.tokens, seed=s)
+        ours, n_lora = _ours(base, cfg, s, k, mesh, base_s)
+        t = time.perf_counter()
+        ours(data)  # compile + warm up
+        compiled.append(f"{s} slots {time.perf_counter() - t:.0f} s")
+        n_peer = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if n_peer != n_lora:
+            raise SystemExit(f"LoRA sizes differ: ours {n_lora}, PEFT {n_peer}")
+        t_ours, t_peer = [], []
+        for _ in range(args.repeats):  # interleaved
+            t = time.perf_counter()
+            ours(data)
+            t_ours.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            peer(data)
+            t_peer.append(time.perf_counter() - t)
+        rows.append(
+            report.row(
+                f"adaptation throughput, {s} speakers x {k} steps",
+                [60.0 * s / x for x in t_ours],
+                [60.0 * s / x for x in t_peer],
+                peer_name=peer_name,
+                unit="speakers/min",
+                better="higher",
+                note=f"{k}-step adaptations",
+            )
+        )
+        rows.append(
+            report.row(
+                f"seconds per update of one speaker, {s} speakers",
+                [x / (s * k) for x in t_ours],
+                [x / (s * k) for x in t_peer],
+                peer_name=peer_name,
+                unit="s",
+                better="lower",
+            )
+        )
     setting = [
         f"Whisper tiny.en cut to a {args.window:g} s window ({cfg.max_source_positions} encoder "
-        f"positions), {args.tokens} decoder tokens, batch {args.batch}, random log-mel and "
-        f"token ids (equal shapes for both); LoRA r 8, alpha 16 on q/k/v/out "
-        f"({n_lora:,} trainable parameters in both); "
-        f"AdamW lr {LR}, weight decay {WEIGHT_DECAY}",
-        f"ours: NF4 base, one vmapped jitted step over a bank of {s} speakers on "
-        f"{jax.devices()[0].platform} (JAX's default threads); compile + warm-up "
-        f"{t_compile:.1f} s, excluded",
+        f"positions), {args.tokens} decoder tokens, batch {args.batch}, {k} steps per speaker, "
+        "random log-mel and token ids (equal shapes for both); LoRA r 8, alpha 16 on q/k/v/out "
+        f"({n_lora:,} trainable parameters in both); AdamW lr {LR}, weight decay {WEIGHT_DECAY}",
+        f"ours: NF4 base, one vmapped jitted step over a bank of all S speakers on "
+        f"{jax.devices()[0].platform} (JAX's default threads); compile + warm-up excluded: "
+        + ", ".join(compiled),
         f"peer: {n_linear} bitsandbytes Linear4bit NF4 layers (block 64, double quant; tied "
         f"token embedding rounded through NF4, convolutions float32), PEFT LoRA, "
         f"torch {torch.__version__} on CPU with {torch.get_num_threads()} threads (the faster in a "
-        f"probe of one step: {', '.join(f'{k}: {v:.2f} s' for k, v in probe.items())}); model "
+        f"probe of one step: {', '.join(f'{n}: {v:.2f} s' for n, v in probe.items())}); model "
         f"building {t_build:.1f} s, excluded",
     ]
     return rows, setting
@@ -170,7 +173,7 @@ def measure(args) -> tuple[list[report.Row], list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--speakers", type=int, default=4)
+    ap.add_argument("--speakers", default="4,16", help="comma-separated bank sizes")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--window", type=float, default=2.0)
@@ -184,6 +187,7 @@ def main() -> None:
     )
     ap.add_argument("--json", help="also write the rows here (for bench/run_all.py)")
     args = ap.parse_args()
+    args.speakers = [int(x) for x in args.speakers.split(",")]
     rows, setting = measure(args)
     print("\n".join(f"# {s}" for s in setting))
     print(report.table(rows, "python bench/bench_peft_peer.py"))

@@ -145,7 +145,8 @@ def _rows(found: dict[int, dict], per_speaker_state: int) -> list[report.Row]:
 
 
 def _setting(args, cfg, lora, per_speaker_state: int, found: dict) -> list[str]:
-    compiles = ", ".join(f"{f['slots']} slots {f['compile']:.0f} s" for f in found.values())
+    seconds = {f["slots"]: f["compile"] for f in found.values()}
+    compiles = ", ".join(f"{n} slots {t:.0f} s" for n, t in seconds.items())
     return [
         f"NF4 Whisper tiny.en, {args.window:g} s window ({cfg.max_source_positions} encoder "
         f"positions), {args.tokens} decoder tokens, batch {args.batch} per speaker, random "

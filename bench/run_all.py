@@ -46,7 +46,7 @@ SECTIONS = {
     "peft": (
         "Per-speaker adaptation against PyTorch + bitsandbytes NF4 + PEFT LoRA",
         "bench/bench_peft_peer.py",
-        "--speakers 4 --steps 3 --batch 2 --window 2 --tokens 16 --repeats 3",
+        "--speakers 1,4,16 --steps 3 --batch 2 --window 2 --tokens 16 --repeats 3",
         "--speakers 2 --steps 1 --batch 1 --window 1 --tokens 8 --repeats 2",
     ),
     "scaling": (
