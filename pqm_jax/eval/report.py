@@ -50,8 +50,11 @@ def build(
     out["base_params"] = int(base_params)
     out["speaker_params_ratio"] = speaker_params / base_params
     if "pqm" in s:
+        # None where the baseline made no error (the reduction is undefined)
         out["relative_wer_reduction"] = {
-            f"vs_{ref}": wer.relative_reduction(s["pqm"]["wer"], s[ref]["wer"])
+            f"vs_{ref}": (
+                wer.relative_reduction(s["pqm"]["wer"], s[ref]["wer"]) if s[ref]["wer"] else None
+            )
             for ref in ("fp32", "nf4", "nf4_si", "fp32_30s", "nf4_30s")
             if ref in s
         }
@@ -84,7 +87,12 @@ def markdown(report: Mapping[str, Any]) -> str:
     if rr:
         notes.append(
             "Relative WER reduction of PQM: "
-            + ", ".join(f"{100 * v:.1f}% {k.replace('_', ' ')}" for k, v in rr.items())
+            + ", ".join(
+                f"{100 * v:.1f}% {k.replace('_', ' ')}"
+                if v is not None
+                else f"undefined {k.replace('_', ' ')} (no baseline error)"
+                for k, v in rr.items()
+            )
             + "."
         )
     notes.append(

@@ -69,3 +69,14 @@ def test_report_files(tmp_path):
     md = paths["md"].read_text()
     assert "PQM" in md and md.splitlines()[0].startswith("| system | WER | s1 | s2 |")
     assert paths["png"].stat().st_size > 1000
+
+
+def test_reduction_against_an_error_free_baseline_is_undefined(tmp_path):
+    perfect = wer.score_by_speaker(REFS, REFS, SPK)
+    rep = report.build(
+        {"fp32": perfect, "pqm": perfect}, {"fp32": 4, "pqm": 1}, base_params=4, speaker_params=1
+    )
+    assert rep["relative_wer_reduction"] == {"vs_fp32": None}
+    data = json.loads(report.write(rep, tmp_path)["json"].read_text())  # strict JSON: no NaN
+    assert data["relative_wer_reduction"]["vs_fp32"] is None
+    assert "undefined vs fp32 (no baseline error)" in report.markdown(rep)
