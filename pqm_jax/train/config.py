@@ -52,9 +52,10 @@ class ModelSpec:
         `path`).
       path: "conformer" only: folder of a trained Conformer (`pretrain/` of an earlier run:
         model.json, tokens.txt, params/); "" = train one in this run (`pretrain` stage).
-      d_model, layers, heads: dimensions of the "random" model, and of the Conformer's encoder
-        (its feed-forward is 4 x d_model).
-      decoder_layers, kernel_size: the Conformer's decoder depth and convolution kernel.
+      d_model, layers, heads: dimensions of the "random" model, and of a Conformer trained by
+        this run (its feed-forward is 4 x d_model).
+      decoder_layers, kernel_size: that Conformer's decoder depth and convolution kernel. With
+        model.path, the folder's model.json decides the architecture and these are unused.
       ctc_weight: the Conformer's CTC weight, in the loss and in joint decoding.
       quant: "nf4" (default), "fp4", "int8" or "none" (full precision).
       block_size, double_quant: 4-bit block size and second-level quantisation.
