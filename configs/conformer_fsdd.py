@@ -4,7 +4,7 @@ The backbone is the Conformer trained from scratch by `configs/conformer_synth.p
 ever heard espeak-ng voices): model.path names its pretrain/ folder, whose model.json and
 tokens.txt decide the architecture and vocabulary. Data, LoRA and schedules follow the Whisper
 FSDD setup (80 adaptation + 20 dev + 50 test utterances of 4 joined digits per speaker; stage 2
-on 16 synthetic digit voices; stage 3 AdamW lr 1e-3, batch 8), with LoRA on the Conformer's
+on 16 synthetic digit voices; stage 3 AdamW lr 1e-3, batch 8, here 15 epochs), with LoRA on the Conformer's
 attention projections and 4 s windows (the 0.15% of joined utterances longer than 4 s are
 skipped and reported).
 
@@ -40,7 +40,7 @@ def get_config():
     c.stage2.optim.name = "adamw"
     c.stage2.optim.learning_rate = 5e-4
     c.stage2.optim.weight_decay = 0.01
-    c.stage3.epochs = 5
+    c.stage3.epochs = 15  # at 5 every speaker's dev accuracy was still rising at the last step
     c.stage3.batch_size = 8
     c.stage3.eval_batch_size = 10
     c.stage3.optim.name = "adamw"
