@@ -136,10 +136,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the rows here (for bench/run_all.py)")
     args = ap.parse_args()
     rows, setting = measure(args.model, args.window, args.batch, args.tokens, args.repeats)
-    print("\n".join(f"# {s}" for s in setting))
-    print(report.table(rows, "python bench/bench_forward.py"))
-    if args.json:
-        report.dump(args.json, rows, setting)
+    report.emit(rows, setting, "python bench/bench_forward.py", args.json)
 
 
 if __name__ == "__main__":

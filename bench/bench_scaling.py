@@ -170,10 +170,7 @@ def main() -> None:
     args = ap.parse_args()
     args.speakers = sorted(int(x) for x in args.speakers.split(","))
     rows, setting = measure(args)
-    print("\n".join(f"# {s}" for s in setting))
-    print(report.table(rows, "python bench/bench_scaling.py"))
-    if args.json:
-        report.dump(args.json, rows, setting)
+    report.emit(rows, setting, "python bench/bench_scaling.py", args.json)
 
 
 if __name__ == "__main__":

@@ -213,6 +213,17 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def emit(
+    rows: Sequence[Row], setting: Sequence[str], command: str, json_path: str | None = None
+) -> None:
+    """What a bench script ends with: its setting and table on stdout, the rows as JSON too
+    when `json_path` is given (for bench/run_all.py)."""
+    print("\n".join(f"# {s}" for s in setting))
+    print(table(rows, command))
+    if json_path:
+        dump(json_path, rows, setting)
+
+
 def dump(path: str | os.PathLike, rows: Sequence[Row], setting: Sequence[str] = ()) -> None:
     """Writes a section's rows and setting lines as JSON (what each bench script hands back)."""
     data = {"rows": [dataclasses.asdict(r) for r in rows], "setting": list(setting)}

@@ -415,3 +415,15 @@ def load_file(path: str | os.PathLike) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
+
+
+def override(config: Any, values: Mapping[str, Any]) -> Any:
+    """Sets dotted keys of a ConfigDict (`{"stage2.steps": 3}`), as `--config.stage2.steps=3`
+    does; a typo fails at once (the dict is locked). Returns the same ConfigDict."""
+    for key, value in values.items():
+        node = config
+        *parents, last = key.split(".")
+        for name in parents:
+            node = node[name]
+        node[last] = value
+    return config

@@ -58,3 +58,8 @@ def test_overrides_through_the_config_dict():
     assert config.stage3.optim.learning_rate == 3e-4 and config.data.speakers == ("a", "b")
     with pytest.raises(AttributeError):
         c.stage3.no_such_key = 1  # configs are locked: a typo fails where it is made
+    config_lib.override(c, {"stage2.steps": 7, "model.name": "conformer"})
+    config = config_lib.from_dict(c)
+    assert config.stage2.steps == 7 and config.model.name == "conformer"
+    with pytest.raises(KeyError, match="stage2.step|step"):
+        config_lib.override(c, {"stage2.step": 1})

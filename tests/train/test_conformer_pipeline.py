@@ -37,13 +37,7 @@ VOCAB = inputs.CharVocab.build(["abc de", "fgh"])  # 12 tokens: blank, unk, 9 ch
 
 def tiny(**overrides):
     c = config_lib.load_file(ROOT / "configs" / "conformer_tiny_test.py")
-    for key, value in overrides.items():
-        node = c
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return config_lib.from_dict(c)
+    return config_lib.from_dict(config_lib.override(c, overrides))
 
 
 def _batch(texts, frames=40, seed=0):

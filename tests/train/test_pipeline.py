@@ -18,13 +18,7 @@ def tiny(**overrides):
     c = config_lib.load_file(ROOT / "configs" / "tiny_test.py")
     c.stage2.ckpt_every = 2
     c.stage3.ckpt_every = 2
-    for key, value in overrides.items():
-        node = c
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return config_lib.from_dict(c)
+    return config_lib.from_dict(config_lib.override(c, overrides))
 
 
 def _leaves(tree):
