@@ -7,10 +7,5 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 source scripts/setup_env.sh demo
 workdir="${PQM_WORKDIR:-$root/runs/demo}"
-if [ ! -f train.py ] || [ ! -f evaluate.py ]; then
-  echo "pqm-jax: the end-to-end demo (train.py + evaluate.py) has not landed yet;" \
-       "the package is installed in .venv: see README 'Status'." >&2
-  exit 0
-fi
 python train.py --config configs/demo.py --workdir "$workdir" "$@"
 python evaluate.py --workdir "$workdir"
