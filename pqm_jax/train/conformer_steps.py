@@ -18,7 +18,6 @@ import jax.numpy as jnp
 from pqm_jax.models import attention as attn
 from pqm_jax.models import conformer, conformer_inputs, ctc
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # SpecAugment widths for short fixed windows (ESPnet LibriSpeech: 2 x 27 bins, 2 x 5% frames).
 FREQ_WIDTH, TIME_WIDTH, TIME_RATIO = 27, 40, 0.05
 
@@ -37,7 +36,7 @@ def token_stats(
     model = config.model
     if config.trainable == "backbone":
         base, lora = lora, None
-    dtype = DTYPES[config.dtype]
+    dtype = jnp.dtype(config.dtype)  # "float32" or "bfloat16", checked by StepConfig
     feats, lens = features(batch["mel"])
     if config.spec_augment and rng is not None:
         feats = conformer_inputs.spec_augment(

@@ -245,14 +245,22 @@ def setup(
         base_shardings=shardings,
         step_config=_step_config(config, cfg),
         tokenizer=tokenizer,
-        store=featurize.FeatureStore(
-            workdir / "features",
-            window_s=config.model.audio_window_s,
-            n_mels=cfg.n_mels,
-            report=report,
-        ),
+        store=feature_store(config, workdir, cfg.n_mels, report),
         writer=metrics.MetricsWriter(workdir, enabled=jax.process_index() == 0),
         progress=progress,
+    )
+
+
+def feature_store(
+    config: config_lib.RunConfig, workdir: pathlib.Path, n_mels: int, report: issues.InputReport
+) -> featurize.FeatureStore:
+    """The run's feature cache, `<workdir>/features` (the training window, the model's mel bins),
+    shared by pretraining, the stages and the evaluation."""
+    return featurize.FeatureStore(
+        pathlib.Path(workdir) / "features",
+        window_s=config.model.audio_window_s,
+        n_mels=n_mels,
+        report=report,
     )
 
 
@@ -284,12 +292,7 @@ def pretrain_backbone(
             base_shardings={},
             step_config=pretrain.step_config(config, cfg, pretraining=True),
             tokenizer=conformer_inputs.CharTokenizer(vocab),
-            store=featurize.FeatureStore(
-                workdir / "features",
-                window_s=config.model.audio_window_s,
-                n_mels=cfg.n_mels,
-                report=report,
-            ),
+            store=feature_store(config, workdir, cfg.n_mels, report),
             writer=writer,
             progress=progress,
         )

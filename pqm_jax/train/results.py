@@ -100,12 +100,7 @@ class Results:
 
     def feature_store(self, report: issues.InputReport | None = None) -> featurize.FeatureStore:
         """The run's feature cache (window and mel bins of training)."""
-        return featurize.FeatureStore(
-            self.workdir / "features",
-            window_s=self.config.model.audio_window_s,
-            n_mels=self.backbone()[1].n_mels,
-            report=report,
-        )
+        return pipeline.feature_store(self.config, self.workdir, self.backbone()[1].n_mels, report)
 
 
 def load(workdir: str | pathlib.Path) -> Results:
