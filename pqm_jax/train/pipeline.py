@@ -321,6 +321,7 @@ def run_pipeline(
       SimulatedFailure: from the `debug.fail_after_steps` hook.
     """
     workdir = pathlib.Path(workdir)
+    pretrain.check_path(config.model)
     check_workdir(config, workdir)
     if pretrain.needed(config.model, workdir):
         pretrain_backbone(config, workdir, progress=progress)

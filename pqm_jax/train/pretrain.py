@@ -47,6 +47,15 @@ def folder(spec: config_lib.ModelSpec, workdir: str | pathlib.Path | None) -> pa
     return pathlib.Path(workdir) / FOLDER
 
 
+def check_path(spec: config_lib.ModelSpec) -> None:
+    """Raises ConfigError (naming the fix) when `model.path` names no trained Conformer."""
+    if spec.path and not (pathlib.Path(spec.path) / "model.json").is_file():
+        raise config_lib.ConfigError(
+            f"model.path={spec.path!r} holds no trained Conformer (no model.json); point it at "
+            "the pretrain/ folder of a finished Conformer run, or leave it empty to train one"
+        )
+
+
 def needed(spec: config_lib.ModelSpec, workdir: pathlib.Path) -> bool:
     """True when this run must train its Conformer (no model.path, none trained yet)."""
     return (

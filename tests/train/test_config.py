@@ -61,5 +61,5 @@ def test_overrides_through_the_config_dict():
     config_lib.override(c, {"stage2.steps": 7, "model.name": "conformer"})
     config = config_lib.from_dict(c)
     assert config.stage2.steps == 7 and config.model.name == "conformer"
-    with pytest.raises(KeyError, match="stage2.step|step"):
+    with pytest.raises(KeyError, match="step"):
         config_lib.override(c, {"stage2.step": 1})

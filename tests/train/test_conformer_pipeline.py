@@ -155,6 +155,13 @@ def test_a_missing_model_folder_names_the_fix(tmp_path):
         pretrain.load(tmp_path / "nothing")
 
 
+def test_a_bad_model_path_fails_before_any_work(tmp_path):
+    config = tiny(**{"model.path": str(tmp_path / "no_model")})
+    with pytest.raises(config_lib.ConfigError, match=r"model\.path=.*holds no trained Conformer"):
+        pipeline.run_pipeline(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def _leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
