@@ -37,12 +37,12 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     from pqm_jax.eval import report, run
-    from pqm_jax.train import config as config_lib
+    from pqm_jax.run import config as config_lib
 
     workdir = pathlib.Path(_WORKDIR.value)
     try:
         if _CONFIG.value is not None:
-            from pqm_jax.train import pipeline
+            from pqm_jax.run import pipeline
 
             config = config_lib.from_dict(_CONFIG.value)
             pipeline.run_pipeline(config, workdir, progress=True)

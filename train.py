@@ -3,7 +3,7 @@
     python train.py --config configs/demo.py --workdir /tmp/pqm_demo [--config.stage3.epochs=5]
 
 Rerunning the same command resumes an interrupted run from its last checkpoint. Results land in
-the work folder (see `pqm_jax.train.pipeline`); read them with `pqm_jax.train.results.load`.
+the work folder (see `pqm_jax.run.pipeline`); read them with `pqm_jax.run.results.load`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    from pqm_jax.train import config as config_lib
-    from pqm_jax.train import pipeline
+    from pqm_jax.run import config as config_lib
+    from pqm_jax.run import pipeline
 
     try:
         config = config_lib.from_dict(_CONFIG.value)

@@ -27,8 +27,10 @@ import numpy as np
 
 from pqm_jax import lora as lora_lib
 from pqm_jax import sharding
-from pqm_jax.train import adapt, optim, pipeline, steps, toy
-from pqm_jax.train import config as config_lib
+from pqm_jax.run import config as config_lib
+from pqm_jax.run import pipeline
+from pqm_jax.testing import toy
+from pqm_jax.train import adapt, optim, steps
 
 
 def _model(name: str, window: float):

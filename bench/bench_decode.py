@@ -18,7 +18,7 @@ RTF = seconds of compute / seconds of audio (lower is faster). `--json FILE` als
 Engines: jax (float32, batch `--batch`), jax-b1 (batch 1), jax-nf4 (NF4 linears + embedding),
 jax-nf4-guard (same, with the repetition stop max_repeats=4), jax-nf4-stepdequant (NF4 without
 the explicit dequantise-once; XLA hoists it anyway), hf / hf-b1 (transformers, float32),
-ct2 / ct2-int8 (CTranslate2). The WER column scores digit words (`text.normalize_digits`).
+ct2 / ct2-int8 (CTranslate2). The WER column scores digit words (`normalize.normalize_digits`).
 """
 
 from __future__ import annotations
@@ -67,8 +67,9 @@ class Setup:
 
 
 def _clips(n: int, n_digits: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
-    from pqm_jax import resources, text
+    from pqm_jax import resources
     from pqm_jax.data import audio
+    from pqm_jax.text import transcripts
 
     folder = resources.shared_data_dir() / "fsdd" / "recordings"
     if not folder.is_dir():
@@ -84,14 +85,15 @@ def _clips(n: int, n_digits: int, seed: int) -> tuple[list[np.ndarray], list[str
             wav, rate = audio.decode(folder / f"{d}_{speaker}_{int(rng.integers(50))}.wav")
             parts += [audio.resample(wav[:, 0], rate), gap]
         clips.append(np.concatenate(parts[:-1]))
-        refs.append(" ".join(text.DIGIT_WORDS[d] for d in digits))
+        refs.append(" ".join(transcripts.DIGIT_WORDS[d] for d in digits))
     return clips, refs
 
 
 def _setup(model: str, n: int, n_digits: int) -> Setup:
-    from pqm_jax import resources, text
-    from pqm_jax.convert import ct2
+    from pqm_jax import resources
     from pqm_jax.data import features
+    from pqm_jax.models.whisper import ct2
+    from pqm_jax.text import whisper_tokenizer as text
 
     if model == "tiny.en":
         folder = resources.tiny_en_dir()
@@ -119,7 +121,7 @@ def _jax_engine(s: Setup, batch: int, max_new: int, quant: str | None, **decode_
     import jax.numpy as jnp
 
     from pqm_jax import api
-    from pqm_jax.models import decoding
+    from pqm_jax.models.whisper import decoding
 
     params = jax.tree.map(jnp.asarray, s.params)
     if quant:
@@ -146,7 +148,7 @@ def _hf_engine(s: Setup, batch: int, max_new: int, threads: int):
     import torch
     import transformers
 
-    from pqm_jax.convert import hf
+    from pqm_jax.models.whisper import hf
 
     torch.set_num_threads(threads)
     tok, ids = s.tokenizer, s.tokenizer.special
@@ -266,11 +268,11 @@ def _probe_threads(engine: str, s: Setup) -> tuple[int, dict[int, float]]:
 
 
 def _wer(hyps: list[str], refs: list[str]) -> float:
-    from pqm_jax import text
+    from pqm_jax.text import normalize
 
     errors = words = 0
     for h, r in zip(hyps, refs):
-        h, r = text.normalize_digits(h).split(), r.split()
+        h, r = normalize.normalize_digits(h).split(), r.split()
         d = np.arange(len(h) + 1)
         for i, rw in enumerate(r, 1):  # word-level Levenshtein, one row at a time
             prev, d = d, np.empty_like(d)

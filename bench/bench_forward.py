@@ -24,11 +24,12 @@ import jax
 import numpy as np
 import report
 
-from pqm_jax.models import whisper
+from pqm_jax.models.whisper import model as whisper
 from pqm_jax.quant import base as qbase
 from pqm_jax.quant import tree as qtree
-from pqm_jax.train import config as config_lib
-from pqm_jax.train import pipeline, steps
+from pqm_jax.run import config as config_lib
+from pqm_jax.run import pipeline
+from pqm_jax.train import steps
 
 FLOOR_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # NF4, block 64, double quantisation
 

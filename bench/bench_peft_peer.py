@@ -34,9 +34,11 @@ import report
 
 from pqm_jax import lora as lora_lib
 from pqm_jax import resources, sharding
-from pqm_jax import text as text_lib
-from pqm_jax.train import adapt, optim, pipeline, steps, toy
-from pqm_jax.train import config as config_lib
+from pqm_jax.run import config as config_lib
+from pqm_jax.run import pipeline
+from pqm_jax.testing import toy
+from pqm_jax.text import whisper_tokenizer as text_lib
+from pqm_jax.train import adapt, optim, steps
 
 LR, WEIGHT_DECAY = 1e-3, 0.01
 

@@ -27,8 +27,9 @@ import report
 from pqm_jax import lora as lora_lib
 from pqm_jax import sharding
 from pqm_jax.quant import tree as qtree
-from pqm_jax.train import adapt, optim, pipeline, steps
-from pqm_jax.train import config as config_lib
+from pqm_jax.run import config as config_lib
+from pqm_jax.run import pipeline
+from pqm_jax.train import adapt, optim, steps
 
 
 def _program(lora, cfg, opt_cfg, mesh, base, base_s, slots: int, data: dict):

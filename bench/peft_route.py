@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pqm_jax.convert import hf
+from pqm_jax.models.whisper import hf
 
 
 def nf4_round(weight: np.ndarray) -> np.ndarray:

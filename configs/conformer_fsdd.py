@@ -16,8 +16,8 @@ joined utterances longer than 4 s are skipped and reported).
 
 import pathlib
 
-from pqm_jax.models import conformer
-from pqm_jax.train import config as config_lib
+from pqm_jax.models.conformer import model as conformer
+from pqm_jax.run import config as config_lib
 
 
 def get_config():

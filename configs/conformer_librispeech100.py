@@ -14,8 +14,8 @@ LoRA stages follow `configs/librispeech.py`. Point the roots at your copies:
 
 import pathlib
 
-from pqm_jax.models import conformer
-from pqm_jax.train import config as config_lib
+from pqm_jax.models.conformer import model as conformer
+from pqm_jax.run import config as config_lib
 
 
 def get_config():

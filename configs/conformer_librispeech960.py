@@ -9,7 +9,7 @@ the 10 target speakers are never in the pool).
 
 import pathlib
 
-from pqm_jax.train import config as config_lib
+from pqm_jax.run import config as config_lib
 
 
 def get_config():

@@ -10,8 +10,8 @@ model lands in <workdir>/pretrain, which `configs/conformer_fsdd.py` reuses (mod
     python evaluate.py --workdir runs/conformer_synth --beam_size 4
 """
 
-from pqm_jax.models import conformer
-from pqm_jax.train import config as config_lib
+from pqm_jax.models.conformer import model as conformer
+from pqm_jax.run import config as config_lib
 
 
 def get_config():

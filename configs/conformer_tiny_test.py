@@ -3,8 +3,8 @@
 Run: `python train.py --config configs/conformer_tiny_test.py --workdir /tmp/pqm_conformer_tiny`.
 """
 
-from pqm_jax.models import conformer
-from pqm_jax.train import config as config_lib
+from pqm_jax.models.conformer import model as conformer
+from pqm_jax.run import config as config_lib
 
 
 def get_config():

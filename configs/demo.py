@@ -9,7 +9,7 @@ audio window is cut to fit the sentences (evaluate with the same window).
     python train.py --config configs/demo.py --workdir /tmp/pqm_demo
 """
 
-from pqm_jax.train import config as config_lib
+from pqm_jax.run import config as config_lib
 
 
 def get_config():

@@ -10,7 +10,7 @@ it exactly. The joined utterances are under 5 s, so a 6 s window loses nothing.
     python train.py --config configs/fsdd.py --workdir /tmp/pqm_fsdd
 """
 
-from pqm_jax.train import config as config_lib
+from pqm_jax.run import config as config_lib
 
 
 def get_config():

@@ -10,7 +10,7 @@ windows, as the paper. Point the roots at your copies:
         --config.data.si_root=/data/LibriSpeech/train-clean-100
 """
 
-from pqm_jax.train import config as config_lib
+from pqm_jax.run import config as config_lib
 
 PAPER_SPEAKERS = ("115", "210", "2368", "3389", "3615", "479", "492", "525", "6553", "829")
 

@@ -9,7 +9,7 @@ root). Hyper-parameters as the LibriSpeech config.
         --config.data.si_root=/data/TEDLIUM_release-3/legacy/train
 """
 
-from pqm_jax.train import config as config_lib
+from pqm_jax.run import config as config_lib
 
 
 def get_config():

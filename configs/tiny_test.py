@@ -3,7 +3,7 @@
 Run: `python train.py --config configs/tiny_test.py --workdir /tmp/pqm_tiny`.
 """
 
-from pqm_jax.train import config as config_lib
+from pqm_jax.run import config as config_lib
 
 
 def get_config():

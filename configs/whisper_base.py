@@ -8,7 +8,7 @@ with --config.model.name=base.
     python train.py --config configs/whisper_base.py --workdir /tmp/pqm_base
 """
 
-from pqm_jax.train import config as config_lib
+from pqm_jax.run import config as config_lib
 
 
 def get_config():

@@ -13,7 +13,7 @@ instead of the Conformer trained from scratch on that pool.
 import pathlib
 
 from pqm_jax import lora
-from pqm_jax.train import config as config_lib
+from pqm_jax.run import config as config_lib
 
 
 def get_config():

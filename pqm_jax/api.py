@@ -24,20 +24,16 @@ import numpy as np
 
 import pqm_jax
 from pqm_jax import lora as lora_lib
-from pqm_jax import resources, text
-from pqm_jax.convert import ct2, hf
+from pqm_jax import models, resources
 from pqm_jax.data import audio as audio_lib
 from pqm_jax.data import features
-from pqm_jax.models import decoding, whisper
+from pqm_jax.models.whisper import ct2, decoding, hf
+from pqm_jax.models.whisper import family as whisper_family
+from pqm_jax.models.whisper import model as whisper
 from pqm_jax.quant import base
 from pqm_jax.quant import tree as qtree
+from pqm_jax.text import whisper_tokenizer as text
 
-# The paper's quantised weights: attention and MLP linears (and optionally the conv stem); the
-# tied token embedding is a separate switch.
-LINEAR_TARGETS = (r"(self_attn|encoder_attn)/(q_proj|k_proj|v_proj|out_proj)/kernel$",)
-LINEAR_TARGETS += (r"/fc[12]/kernel$",)
-CONV_TARGETS = (r"^encoder/conv[12]/kernel$",)
-EMBEDDING_TARGET = r"^decoder/embed_tokens$"
 AudioInput = np.ndarray | str | os.PathLike
 
 
@@ -62,18 +58,14 @@ class QuantConfig:
 
 
 def quantize_params(params: Any, qc: QuantConfig) -> Any:
-    """`params` with the weights selected by `qc` quantised (others unchanged)."""
-    targets = (LINEAR_TARGETS if qc.linears else ()) + (CONV_TARGETS if qc.convs else ())
-    opts = dict(qc.options)
-    if targets:
-        params = qtree.quantize_tree(
-            params, qtree.match_any(targets), qc.scheme, torch_layout=True, **opts
-        )
-    if qc.embedding:  # [vocab, d] is already PyTorch's layout: quantise as stored
-        params = qtree.quantize_tree(
-            params, qtree.match_any([EMBEDDING_TARGET]), qc.scheme, torch_layout=False, **opts
-        )
-    return params
+    """`params` with the weights selected by `qc` quantised (others unchanged), by the one
+    quantise function (`quant.tree.quantize_tree`) a run uses too."""
+    targets = whisper_family.LINEAR_TARGETS if qc.linears else ()
+    targets += whisper_family.CONV_TARGETS if qc.convs else ()
+    targets += whisper_family.EMBEDDING_TARGETS if qc.embedding else ()
+    if not targets:
+        return params
+    return qtree.quantize_tree(params, qtree.match_any(targets), qc.scheme, **dict(qc.options))
 
 
 def _is_lora(x: Any) -> bool:
@@ -298,15 +290,9 @@ def _is_lora_tree_dict(tree: Mapping) -> bool:
 def _read(name_or_path: str | os.PathLike) -> tuple[Any, whisper.WhisperConfig, pathlib.Path]:
     """(params, config, folder holding tokenizer.json) for a name, a folder, or a hub id."""
     name = os.fspath(name_or_path)
-    if name == "tiny.en":
-        folder = resources.tiny_en_dir()
-        params, config, _ = ct2.load(folder)
-        return params, config, folder
-    if name == "base":
-        folder = resources.base_dir()
-        params, config, _ = ct2.load_parts(
-            resources.base_parts(), config_json=folder / "config.json"
-        )
+    if name in ("tiny.en", "base"):  # packaged: read as a run reads them
+        params, config, _ = whisper_family.FAMILY.load(models.ModelSpec(name=name), seed=0)
+        folder = resources.tiny_en_dir() if name == "tiny.en" else resources.base_dir()
         return params, config, folder
     path = pathlib.Path(name)
     if path.is_dir() and ((path / "model.bin").is_file() or any(path.glob("model.bin.part*"))):

@@ -20,9 +20,6 @@ from flax import struct
 from pqm_jax.quant import base
 from pqm_jax.quant import tree as qtree
 
-# Attention projections of Whisper-style models (HF names): the paper's LoRA targets.
-ATTENTION_TARGETS = (r"(self_attn|encoder_attn)/(q_proj|k_proj|v_proj|out_proj)$",)
-
 
 @struct.dataclass
 class LoraWeights:
@@ -41,14 +38,16 @@ class LoraConfig:
     Attributes:
       rank: r.
       alpha: scale numerator: scale = alpha / r, or alpha / sqrt(r) with `rslora`.
-      targets: regular expressions searched in the module path (the kernel path without '/kernel').
+      targets: regular expressions searched in the module path (the kernel path without
+        '/kernel'); () = the model family's default (`pqm_jax.models.get(name).lora_targets`),
+        which a run fills in (see `with_targets`).
       dropout: dropout rate on the LoRA branch input (training only).
       rslora: rank-stabilised scaling.
     """
 
     rank: int = 8
     alpha: float = 16.0
-    targets: tuple[str, ...] = ATTENTION_TARGETS
+    targets: tuple[str, ...] = ()
     dropout: float = 0.0
     rslora: bool = False
 
@@ -57,6 +56,10 @@ class LoraConfig:
             raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+
+    def with_targets(self, default: tuple[str, ...]) -> LoraConfig:
+        """This config, with `default` as its targets when it names none."""
+        return self if self.targets else dataclasses.replace(self, targets=tuple(default))
 
     @property
     def scale(self) -> float:
@@ -91,6 +94,11 @@ def init(params: Any, config: LoraConfig, *, key: jax.Array) -> dict:
     Raises:
       ValueError: when no module matches (a typo in `targets` would otherwise train nothing).
     """
+    if not config.targets:
+        raise ValueError(
+            "LoraConfig.targets is empty: name the modules to adapt, e.g. the model family's "
+            "defaults, `config.with_targets(pqm_jax.models.get('tiny.en').lora_targets)`"
+        )
     match = qtree.match_any(config.targets)
     tree: dict = {}
     for path, kernel in _kernels(params):

@@ -24,15 +24,6 @@ from pqm_jax.quant import tree as qtree
 DATA = "data"
 MODEL = "model"
 
-# Megatron-style split of the frozen base over "model": column-parallel q/k/v/fc1, row-parallel
-# out_proj/fc2, the tied token embedding by vocabulary rows. A quantised kernel is split along its
-# block axis instead (see `quantized_sharding`), whatever the dims below say.
-DEFAULT_BASE_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
-    (r"(q_proj|k_proj|v_proj|fc1)/kernel$", (None, MODEL)),
-    (r"(out_proj|fc2)/kernel$", (MODEL, None)),
-    (r"embed_tokens$", (MODEL, None)),
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
@@ -42,16 +33,23 @@ class MeshConfig:
       data: size of the data (and speaker) axis; -1 uses every device not taken by `model`.
       model: size of the axis the frozen base is split over (1 = replicated base).
       base_rules: (path regex, dims) pairs; dims name a mesh axis or None per array dimension.
-        Only consulted when `model` > 1.
+        Only consulted when `model` > 1; () = the model family's (`Family.shard_rules`), which
+        a run fills in (see `with_rules`).
     """
 
     data: int = -1
     model: int = 1
-    base_rules: tuple[tuple[str, tuple[str | None, ...]], ...] = DEFAULT_BASE_RULES
+    base_rules: tuple[tuple[str, tuple[str | None, ...]], ...] = ()
 
     def __post_init__(self):
         if self.model < 1 or self.data == 0 or self.data < -1:
             raise ValueError(f"mesh sizes must be positive (data may be -1), got {self}")
+
+    def with_rules(self, default: tuple) -> MeshConfig:
+        """This config, with `default` as its base rules when it names none."""
+        if self.base_rules:
+            return self
+        return dataclasses.replace(self, base_rules=tuple((p, tuple(d)) for p, d in default))
 
 
 def make_mesh(config: MeshConfig = MeshConfig(), devices: list | None = None) -> Mesh:

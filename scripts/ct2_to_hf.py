@@ -13,8 +13,9 @@ import argparse
 import pathlib
 import shutil
 
-from pqm_jax import resources, text
-from pqm_jax.convert import ct2, hf
+from pqm_jax import resources
+from pqm_jax.models.whisper import ct2, hf
+from pqm_jax.text import whisper_tokenizer as text
 
 
 def _read(source: str):

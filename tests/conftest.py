@@ -9,3 +9,67 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+import pathlib
+
+import numpy as np
+import pytest
+import soundfile
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _shared_data() -> pathlib.Path | None:
+    env = os.environ.get("PQM_SHARED_DATA")
+    path = pathlib.Path(env) if env else REPO.parent / "shared" / "data"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    """`$PQM_SHARED_DATA`, default `<repo>/../shared/data`; skips when absent."""
+    path = _shared_data()
+    if path is None:
+        pytest.skip("shared data not found: set PQM_SHARED_DATA to the shared/data folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fsdd_root(shared_data: pathlib.Path) -> pathlib.Path:
+    root = shared_data / "fsdd"
+    if not (root / "recordings").is_dir():
+        pytest.skip(f"FSDD not found under {shared_data}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def dev_clean_text(shared_data: pathlib.Path) -> pathlib.Path:
+    path = shared_data / "librispeech-dev-clean-text" / "dev-clean.trans.txt"
+    if not path.is_file():
+        pytest.skip(f"LibriSpeech dev-clean text not found under {shared_data}")
+    return path
+
+
+def tone(seconds: float, rate: int = 16_000, freq: float = 440.0) -> np.ndarray:
+    """A float32 sine [samples] at half amplitude."""
+    t = np.arange(round(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def write_audio(path: pathlib.Path, samples: np.ndarray, rate: int = 16_000, **kw) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), samples, rate, **kw)
+    return path
+
+
+@pytest.fixture(name="tone")
+def tone_fixture():
+    """The `tone(seconds, rate=16000, freq=440.0)` helper."""
+    return tone
+
+
+@pytest.fixture(name="write_audio")
+def write_audio_fixture():
+    """The `write_audio(path, samples, rate=16000, **soundfile_kwargs)` helper."""
+    return write_audio

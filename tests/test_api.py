@@ -15,11 +15,12 @@ import pytest
 import soundfile
 
 import pqm_jax
-from pqm_jax import api, resources, text
+from pqm_jax import api, resources
 from pqm_jax import lora as lora_lib
-from pqm_jax.models import whisper
+from pqm_jax.models.whisper import model as whisper
 from pqm_jax.quant import base
 from pqm_jax.quant import tree as qtree
+from pqm_jax.text import whisper_tokenizer as text
 
 MAX_NEW = 3  # random models ramble; a short cap keeps the loops short
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import pqm_jax
-from pqm_jax import resources, text
+from pqm_jax import resources
+from pqm_jax.text import normalize
 
 pytestmark = pytest.mark.slow
 
@@ -29,4 +30,4 @@ def test_transcribes_a_spoken_digit(name, quant):
     model = _load(name, quant=quant)
     clips = [_recording("7_jackson_32"), _recording("3_theo_5")]
     out = model.transcribe(clips, batch_size=2)
-    assert [text.normalize_digits(t) for t in out] == ["seven", "three"]
+    assert [normalize.normalize_digits(t) for t in out] == ["seven", "three"]

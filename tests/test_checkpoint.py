@@ -6,7 +6,7 @@ import pytest
 
 from pqm_jax import checkpoint
 from pqm_jax.quant import base as qbase
-from pqm_jax.train import toy
+from pqm_jax.testing import toy
 
 CONFIG = toy.tiny_config(d_model=32, vocab_size=64, positions=8)
 

@@ -7,7 +7,7 @@ from jax.sharding import PartitionSpec as P
 
 from pqm_jax import sharding
 from pqm_jax.quant import tree as qtree
-from pqm_jax.train import toy
+from pqm_jax.testing import toy
 
 
 def test_mesh_shapes_and_errors():

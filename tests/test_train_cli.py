@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from pqm_jax.train import metrics, results
+from pqm_jax.run import metrics, results
+from pqm_jax.run import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny_test.py")
@@ -68,7 +69,7 @@ def test_smoke_run_in_process(cli, tmp_path, capsys):
 
 
 def _stage3_started(workdir: pathlib.Path) -> bool:
-    rows = metrics.read_jsonl(workdir / metrics.JSONL)
+    rows = metrics.read_jsonl(workdir / workdir_lib.METRICS)
     return any(r.get("stage") == "stage3" for r in rows)
 
 
@@ -92,5 +93,5 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     for s in a.speakers():
         for x, y in zip(jax.tree.leaves(a.speaker_lora(s)), jax.tree.leaves(b.speaker_lora(s))):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    attempts = {r.get("attempt") for r in metrics.read_jsonl(killed / metrics.JSONL)}
+    attempts = {r.get("attempt") for r in metrics.read_jsonl(killed / workdir_lib.METRICS)}
     assert attempts == {1, 2}

@@ -31,6 +31,7 @@ import numpy as np
 import safetensors.numpy
 
 from pqm_jax import lora as lora_lib
+from pqm_jax.models.whisper import family as whisper_family
 from pqm_jax.quant import tree as qtree
 
 CONFIG_NAME = "adapter_config.json"
@@ -263,7 +264,7 @@ def _targets(cfg: dict[str, Any], present: Sequence[str]) -> tuple[str, ...]:
     narrowed = any(cfg.get(f) for f in ("layers_to_transform", "layers_pattern", "exclude_modules"))
     if isinstance(target_modules, list | tuple) and target_modules and not narrowed:
         if set(target_modules) == set(_ATTENTION_NAMES):
-            return lora_lib.ATTENTION_TARGETS
+            return whisper_family.LORA_TARGETS
         out = []
         for t in sorted(target_modules):
             # PEFT: a module matches when its name equals t or ends with "." + t.

@@ -13,7 +13,46 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from pqm_jax.data import audio, issues, text
+from pqm_jax.data import audio, issues
+from pqm_jax.text import transcripts
+
+
+def clean_transcript(
+    text: str,
+    *,
+    name: str,
+    non_ascii: str = "transliterate",
+    report: issues.InputReport | None = None,
+) -> str | None:
+    """Checks one transcript: returns the text to use, or `None` if the utterance is skipped.
+
+    Whitespace is collapsed. An empty transcript is skipped. Non-ASCII text is handled by
+    `non_ascii`: "transliterate" (`transcripts.to_ascii`, skipped if nothing is left), "skip" or "keep";
+    each case is reported.
+    """
+    report = issues.default(report)
+    text = " ".join(text.split())
+    if not text:
+        report.issue(issues.Kind.EMPTY_TRANSCRIPT, issues.Action.SKIPPED, name)
+        return None
+    if text.isascii():
+        return text
+    bad = "".join(sorted({c for c in text if ord(c) >= 128}))[:20]
+    detail = f"characters {bad!r}"
+    if non_ascii == "keep":
+        report.issue(issues.Kind.NON_ASCII, issues.Action.KEPT, name, detail)
+        return text
+    if non_ascii == "skip":
+        report.issue(issues.Kind.NON_ASCII, issues.Action.SKIPPED, name, detail)
+        return None
+    if non_ascii != "transliterate":
+        raise ValueError(f"unknown non_ascii policy {non_ascii!r}")
+    ascii_text = " ".join(transcripts.to_ascii(text).split())
+    if not ascii_text:
+        report.issue(issues.Kind.NON_ASCII, issues.Action.SKIPPED, name, detail + ", nothing left")
+        return None
+    report.issue(issues.Kind.NON_ASCII, issues.Action.TRANSLITERATED, name, detail)
+    return ascii_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +88,7 @@ class Entry:
     Attributes:
       utt_id: unique id within the corpus.
       speaker: speaker id (for TED-LIUM: the talk).
-      text: the transcript, already checked by `text.clean_transcript`.
+      text: the transcript, already checked by `clean_transcript`.
       segments: audio spans joined in order with `gap_s` seconds of silence between them.
       expected_rate: the corpus's native rate; other rates are reported when resampled.
       duration: seconds, when known without reading the audio.
@@ -106,9 +145,7 @@ def make_entry(
 ) -> Entry | None:
     """Builds an `Entry` after checking its transcript; `None` (reported) if it is skipped."""
     label = name or f"{segments[0].path if segments else '?'} [{utt_id}]"
-    clean = text.clean_transcript(
-        transcript, name=label, non_ascii=options.non_ascii, report=report
-    )
+    clean = clean_transcript(transcript, name=label, non_ascii=options.non_ascii, report=report)
     if clean is None:
         return None
     return Entry(utt_id=utt_id, speaker=speaker, text=clean, segments=segments, **fields)

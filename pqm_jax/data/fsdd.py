@@ -16,7 +16,8 @@ import zlib
 
 import numpy as np
 
-from pqm_jax.data import corpora, issues, speakers, text
+from pqm_jax.data import corpora, corpus, issues, sources, speakers
+from pqm_jax.text import transcripts as text
 
 NATIVE_RATE = 8_000
 _NAME = re.compile(r"^(\d)_([A-Za-z0-9]+)_(\d+)$")
@@ -171,3 +172,25 @@ def reference_split(
             test=tuple(joined(test, protocol.n_test, tag="test", **kw)),
         )
     return out
+
+
+def build_corpus(spec, data_dir: pathlib.Path, report: issues.InputReport) -> corpus.Corpus:
+    """The "fsdd" source: the reference protocol's splits; targets are `spec.speakers` (default:
+    all but `spec.si_speakers`); the stage-2 pool is `spec.si_speakers`' train and dev parts or,
+    with none named, `spec.si_voices` synthetic voices reading digits."""
+    n_train, n_dev, n_test = spec.fsdd_counts
+    protocol = Protocol(n_train=n_train, n_dev=n_dev, n_test=n_test, seed=spec.seed)
+    splits = reference_split(spec.root or None, protocol=protocol, report=report)
+    wanted = set(spec.speakers) or set(splits) - set(spec.si_speakers)
+    targets = {s: splits[s] for s in sorted(wanted) if s in splits}
+    pool_names = set(spec.si_speakers) - wanted
+    si_train = speakers.pool_parts({s: splits[s] for s in pool_names}, "adapt")
+    si_dev = speakers.pool_parts({s: splits[s] for s in pool_names}, "dev")
+    if not pool_names and spec.si_voices > 0:  # stage 2 on synthetic voices reading digits
+        from pqm_jax.data import synth  # espeak-ng only when this pool is asked for
+
+        si_train, si_dev = synth.digit_pool(spec, data_dir, report)
+    return corpus.Corpus(targets=targets, si_train=tuple(si_train), si_dev=tuple(si_dev))
+
+
+SOURCE = sources.register(sources.Source(name="fsdd", build=build_corpus))

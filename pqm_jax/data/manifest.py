@@ -13,7 +13,8 @@ import os
 import pathlib
 from collections.abc import Iterable, Iterator
 
-from pqm_jax.data import audio, corpora, issues
+from pqm_jax import errors
+from pqm_jax.data import audio, corpora, corpus, issues, sources, speakers
 
 REQUIRED = ("path", "text", "speaker")
 _NUMERIC = ("start", "end", "duration", "sample_rate")
@@ -131,3 +132,24 @@ def _parse(line: str, where: str, report: issues.InputReport) -> dict | None:
             report.issue(issues.Kind.BAD_RECORD, issues.Action.SKIPPED, where, f"{key}={value!r}")
             return None
     return row
+
+
+def build_corpus(spec, data_dir: pathlib.Path, report: issues.InputReport) -> corpus.Corpus:
+    """The "manifest" source: rows' own "split" fields when every chosen row has one, else
+    `spec.split`; the stage-2 pool from `spec.si_root` (or the other speakers of `spec.root`)."""
+    del data_dir
+    if not spec.root:
+        raise errors.ConfigError("data.root must name a manifest.jsonl")
+    entries = list_entries(spec.root, report=report)
+    pool_entries = list_entries(spec.si_root, report=report) if spec.si_root else entries
+    chosen = [e for e in entries if not spec.speakers or e.speaker in set(spec.speakers)]
+    if not (chosen and all(e.split for e in chosen)):
+        return corpus.from_entries(spec, entries, pool_entries, report)
+    targets = speakers.split_from_field(chosen, report=report)
+    si_train, si_dev = corpus.pool(pool_entries, spec, set(targets))
+    return corpus.Corpus(targets=targets, si_train=si_train, si_dev=si_dev)
+
+
+SOURCE = sources.register(
+    sources.Source(name="manifest", build=build_corpus, list_entries=list_entries)
+)

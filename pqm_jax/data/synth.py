@@ -25,7 +25,8 @@ from collections.abc import Sequence
 import numpy as np
 import soundfile
 
-from pqm_jax.data import audio, espeak, issues, manifest, text
+from pqm_jax.data import audio, corpus, espeak, issues, manifest, sources, speakers
+from pqm_jax.text import transcripts as text
 
 ACCENTS = (
     "en-us",
@@ -301,6 +302,69 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"({seconds / wall:.0f} s of audio per wall second, {args.workers} workers)"
     )
     print(report.summary())
+
+
+def build_corpus(spec, data_dir: pathlib.Path, report: issues.InputReport) -> corpus.Corpus:
+    """The "synth" source: `spec.voices` as target speakers (adapt/dev/test counts), plus
+    `spec.si_voices` sampled voices as the stage-2 pool, rendered into `data_dir/synth` (or
+    `spec.root`)."""
+    out = pathlib.Path(spec.root) if spec.root else pathlib.Path(data_dir) / "synth"
+    voices = [Voice(v) for v in spec.voices]
+    names = {v.speaker for v in voices}
+    pool = [
+        v
+        for v in sample_voices(spec.si_voices + len(voices), seed=spec.seed)
+        if v.speaker not in names
+    ][: spec.si_voices]
+    adapt_n, dev_n, test_n = spec.counts
+    train_n, si_dev_n = spec.si_counts
+    need_t = len(voices) * (adapt_n + dev_n + test_n)
+    need = need_t + len(pool) * (train_n + si_dev_n)
+    digits = spec.text == "digits"
+    sentences = corpus.digit_runs(need, spec.seed) if digits else corpus.sentences(spec, need)
+    order = np.random.default_rng(spec.seed).permutation(len(sentences))
+    disjoint = len(sentences) >= need
+    first = [sentences[i] for i in order[:need_t]] if disjoint else sentences
+    rest = [sentences[i] for i in order[need_t:]] if disjoint else sentences
+    jobs = plan(
+        voices,
+        first,
+        counts={"adapt": adapt_n, "dev": dev_n, "test": test_n},
+        seed=spec.seed,
+        disjoint=disjoint,
+    )
+    if pool:
+        jobs += plan(
+            pool,
+            rest,
+            counts={"train": train_n, "dev": si_dev_n},
+            seed=spec.seed,
+            disjoint=disjoint,
+        )
+    path = render(jobs, out, report=report)
+    entries = manifest.list_entries(path, report=report)
+    targets = speakers.split_from_field([e for e in entries if e.speaker in names], report=report)
+    si = [e for e in entries if e.speaker not in names]
+    return corpus.Corpus(
+        targets=targets,
+        si_train=tuple(e for e in si if e.split == "train"),
+        si_dev=tuple(e for e in si if e.split == "dev"),
+    )
+
+
+def digit_pool(spec, data_dir: pathlib.Path, report: issues.InputReport) -> tuple[list, list]:
+    """`spec.si_voices` sampled voices reading runs of 4 digit words (FSDD's references), as a
+    (train, dev) stage-2 pool rendered into `data_dir/synth_digits`."""
+    train_n, dev_n = spec.si_counts
+    voices = sample_voices(spec.si_voices, seed=spec.seed)
+    sentences = corpus.digit_runs(len(voices) * (train_n + dev_n), spec.seed)
+    jobs = plan(voices, sentences, counts={"train": train_n, "dev": dev_n}, seed=spec.seed)
+    path = render(jobs, pathlib.Path(data_dir) / "synth_digits", report=report)
+    entries = manifest.list_entries(path, report=report)
+    return [e for e in entries if e.split == "train"], [e for e in entries if e.split == "dev"]
+
+
+SOURCE = sources.register(sources.Source(name="synth", build=build_corpus))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pqm_jax.eval import wer
+from pqm_jax.run import workdir as workdir_lib
 
 SYSTEM_LABELS = {
     "fp32": "full precision",
@@ -133,7 +134,7 @@ def write(report: Mapping[str, Any], workdir: str | pathlib.Path) -> dict[str, p
     """Writes report.json, report.md and report.png into `workdir`; returns their paths."""
     d = pathlib.Path(workdir)
     d.mkdir(parents=True, exist_ok=True)
-    paths = {"json": d / "report.json", "md": d / "report.md", "png": d / "report.png"}
+    paths = {kind: d / name for kind, name in workdir_lib.REPORT.items()}
     paths["json"].write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
     paths["md"].write_text(markdown(report))
     plot(report, paths["png"])

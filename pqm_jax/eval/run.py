@@ -25,13 +25,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pqm_jax import lora as lora_lib
-from pqm_jax import text
+from pqm_jax import models
 from pqm_jax.data import issues
 from pqm_jax.eval import report as report_lib
 from pqm_jax.eval import wer
-from pqm_jax.models import conformer_decoding, decoding, whisper
 from pqm_jax.quant import tree as qtree
-from pqm_jax.train import conformer_steps, featurize, results, steps
+from pqm_jax.run import results
+from pqm_jax.text import normalize
 
 SYSTEMS = ("fp32", "nf4", "nf4_si", "pqm")
 # Whisper as released reads 30 s windows: baselines scored that way too, when asked, so a short
@@ -94,14 +94,7 @@ def test_set(
     """Every usable test utterance of `speakers`, from the run's feature cache (or, with
     `window_s`, a cache of windows of that length)."""
     corpus = res.corpus(report)
-    store = res.feature_store(report)
-    if window_s is not None and window_s != res.config.model.audio_window_s:
-        store = featurize.FeatureStore(
-            res.workdir / f"features_{window_s:g}s",
-            window_s=window_s,
-            n_mels=res.backbone()[1].n_mels,
-            report=report,
-        )
+    store = res.feature_store(report, window_s=window_s)
     mels, refs, spk, ids = [], [], [], []
     for s in speakers:
         if s not in corpus.targets:
@@ -119,47 +112,20 @@ def test_set(
     return TestSet(np.stack(mels), tuple(refs), tuple(spk), tuple(ids))
 
 
-def generate(
-    params: Any, mel: Any, *, config: Any, options: Any, lora: Any, bank: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens [B, L], lengths [B]) of one batch of mel [B, n_mels, frames], for Whisper
-    (`decoding.DecodeOptions`) or the Conformer (`conformer_decoding.BeamOptions`); `bank`:
-    the adapters carry a leading [B] axis (one speaker per utterance)."""
-    if isinstance(config, whisper.WhisperConfig):
-        res = decoding.generate(params, mel, config=config, options=options, lora=lora)
-        return np.asarray(res.tokens), np.asarray(res.lengths)
-    feats, lens = conformer_steps.features(jnp.asarray(mel))
-    kw = {"config": config, "options": options}
-    if bank:
-        out = conformer_decoding.beam_search_bank(params, feats, lens, lora, **kw)
-    else:
-        out = conformer_decoding.beam_search(params, feats, lens, lora=lora, **kw)
-    return np.asarray(out[0]), np.asarray(out[1])
-
-
 def token_budget(res: results.Results, options: EvalOptions) -> int:
     """Most generated tokens: `options.max_new_tokens`, else the run's budget less the prompt."""
     return options.max_new_tokens or res.config.model.max_tokens - len(res.tokenizer().prompt())
 
 
 def decode_options(res: results.Results, options: EvalOptions) -> Any:
-    """The decoding settings of a run's model (Whisper's, or the Conformer's joint beam)."""
-    tok, mc = res.tokenizer(), res.config.model
-    budget = token_budget(res, options)
-    if mc.name == "conformer":
-        return conformer_decoding.BeamOptions(
-            beam=options.beam_size, ctc_weight=mc.ctc_weight, max_len=budget
-        )
-    return decoding.DecodeOptions(
-        prompt=tuple(tok.prompt()),
-        eot=tok.special.eot,
-        suppress=tok.suppress_tokens,
-        begin_suppress=tok.begin_suppress_tokens,
-        max_new_tokens=budget,
+    """The decoding settings of a run's model, from its family (`Family.decode_options`)."""
+    return res.config.model.family.decode_options(
+        res.tokenizer(),
+        res.config.model,
         beam_size=options.beam_size,
+        max_new_tokens=token_budget(res, options),
         max_repeats=options.max_repeats,
         max_period=options.max_period,
-        dtype=mc.dtype,
     )
 
 
@@ -169,7 +135,7 @@ def decode_all(
     *,
     config: Any,
     options: Any,
-    tokenizer: text.Tokenizer,
+    tokenizer: Any,
     lora: Any = None,
     bank_rows: np.ndarray | None = None,
     batch_size: int = 8,
@@ -186,7 +152,7 @@ def decode_all(
         ad = lora
         if bank_rows is not None:
             ad = lora_lib.take(lora, jnp.asarray(bank_rows[rows]))
-        tokens, lengths = generate(
+        tokens, lengths = models.of(config).generate(
             params, mel[rows], config=config, options=options, lora=ad, bank=bank_rows is not None
         )
         out += [tokenizer.decode(tokens[j, : lengths[j]]) for j in range(len(idx))]
@@ -197,7 +163,7 @@ def normalizer_for(res: results.Results, name: str) -> Callable[[str], str]:
     if name == "auto":
         digits = res.config.data.source == "fsdd" or res.config.data.text == "digits"
         name = "digits" if digits else "english"
-    return text.normalize_digits if name == "digits" else text.normalize_english
+    return normalize.normalize_digits if name == "digits" else normalize.normalize_english
 
 
 def evaluate(
@@ -226,6 +192,7 @@ def evaluate(
     base, cfg = res.model()
     tok = res.tokenizer()
     mc = res.config.model
+    family = mc.family
     dopts = decode_options(res, options)
     norm = normalizer_for(res, options.normalizer)
     hyps: dict[str, list[str]] = {}
@@ -237,7 +204,7 @@ def evaluate(
     for system in tqdm(wanted, desc="systems", unit="system"):
         if system == "fp32":
             full, full_cfg, _ = res.full_precision()
-            params, _ = steps.window(jax.tree.map(jnp.asarray, full), full_cfg, mc.audio_window_s)
+            params, _ = family.window(jax.tree.map(jnp.asarray, full), full_cfg, mc.audio_window_s)
             sizes[system] = qtree.tree_nbytes(full)
             hyps[system] = decode_all(params, data.mel, desc=system, **kw)
             del full, params
@@ -251,10 +218,10 @@ def evaluate(
             rows = np.asarray([names.index(s) for s in data.speakers], np.int32)
             sizes[system] = qtree.tree_nbytes(base) + qtree.tree_nbytes(one_speaker)
             hyps[system] = decode_all(base, data.mel, lora=bank, bank_rows=rows, desc=system, **kw)
-    # 1500 positions (30 s) for released Whisper; a Conformer reads any length
-    full_positions = getattr(res.backbone()[1], "max_source_positions", 0)
-    if options.full_window_baselines and mc.audio_window_s < full_positions / 50:
-        full_data = test_set(res, speakers, report, window_s=full_positions / 50)
+    # 30 s for released Whisper; a Conformer reads any length (None)
+    full_window = family.full_window_s(res.backbone()[1])
+    if options.full_window_baselines and full_window and mc.audio_window_s < full_window:
+        full_data = test_set(res, speakers, report, window_s=full_window)
         if full_data.utt_ids != data.utt_ids:
             raise ValueError("30 s features and run features cover different utterances")
         full_q, full_cfg, _ = res.backbone()
@@ -297,9 +264,8 @@ def evaluate(
             "seconds": round(time.time() - t0, 1),
         },
     )
-    out = pathlib.Path(workdir)
-    report_lib.write(rep, out)
-    with open(out / "transcripts.jsonl", "w") as f:
+    report_lib.write(rep, res.workdir)
+    with open(res.paths.transcripts, "w") as f:
         for i, utt in enumerate(data.utt_ids):
             row = {"utt_id": utt, "speaker": data.speakers[i], "ref": data.refs[i]}
             row.update({s: hyps[s][i] for s in wanted})

@@ -110,6 +110,13 @@ def quantize(x: Any, scheme: str, **options: Any) -> QuantizedTensor:
     return s.quantize(x, **{**s.default_options, **options})
 
 
+def accepted_options(scheme: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `options` that `scheme` takes (those in its `default_options`), so one
+    set of run options (block size, double quantisation) serves every scheme."""
+    known = get_scheme(scheme).default_options if scheme in _SCHEMES else {}
+    return {k: v for k, v in options.items() if k in known}
+
+
 def is_quantized(x: Any) -> bool:
     return isinstance(x, QuantizedTensor)
 

@@ -1,4 +1,9 @@
-"""Quantising whole parameter pytrees, selected by path, and measuring their stored size."""
+"""Quantising whole parameter pytrees, selected by path, and measuring their stored size.
+
+`quantize_tree` is the one function that quantises a model: the run's backbone, `load_model`
+and the benchmarks all call it, so a kernel's layout (and its NF4 codes) never depends on who
+quantised it.
+"""
 
 from __future__ import annotations
 
@@ -74,8 +79,10 @@ def quantize_tree(
       params: a pytree of arrays (nested dicts).
       predicate: `predicate(path_str) -> bool`, e.g. `match_any([r"_proj/kernel$", r"fc\\d/kernel$"])`.
       scheme: a registered scheme name.
-      torch_layout: quantise 2-D kernels transposed ([out, in], as bitsandbytes' Linear4bit does);
-        the result dequantises to the original [in, out] array.
+      torch_layout: quantise 2-D kernels (leaves named "kernel", [in, out]) transposed, in
+        PyTorch's [out, in] layout as bitsandbytes' Linear4bit does; the result dequantises to
+        the original array. Other leaves (token embeddings [vocab, d], already PyTorch's
+        layout) are quantised as stored, so their rows are whole blocks.
       min_size: leave arrays with fewer elements than this in full precision.
       **options: scheme options (block_size, double_quant, ...).
     """
@@ -84,7 +91,7 @@ def quantize_tree(
         p = path_str(path)
         if base.is_quantized(leaf) or not predicate(p) or math.prod(np.shape(leaf)) < min_size:
             return leaf
-        if torch_layout and np.ndim(leaf) == 2:
+        if torch_layout and np.ndim(leaf) == 2 and p.rsplit("/", 1)[-1] == "kernel":
             return Transposed(inner=base.quantize(jnp.asarray(leaf).T, scheme, **options))
         return base.quantize(leaf, scheme, **options)
 

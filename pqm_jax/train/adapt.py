@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pqm_jax import sharding
+from pqm_jax import jit_cache, sharding
 from pqm_jax.train import examples as ex
 from pqm_jax.train import optim, steps
 
@@ -45,8 +45,8 @@ _FLOATS = ("start_acc", "best_acc")
 
 
 @dataclasses.dataclass(frozen=True)
-class AdaptConfig:
-    """Stage-3 schedule.
+class AdaptSchedule:
+    """Stage-3 schedule (the run configuration's `stage3` section holds these fields).
 
     Attributes:
       epochs: passes over each speaker's adaptation data (its own epoch length).
@@ -55,7 +55,6 @@ class AdaptConfig:
       eval_every: evaluate a speaker every this many of its steps; 0 = at its epoch ends.
       patience: stop a speaker after this many evaluations without improvement; 0 = never.
       chunk_speakers: slots per compiled program (rounded up to the "data" axis); 0 = all.
-      seed: batch order seed.
     """
 
     epochs: int = 10
@@ -64,13 +63,25 @@ class AdaptConfig:
     eval_every: int = 0
     patience: int = 0
     chunk_speakers: int = 0
-    seed: int = 0
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("stage 3 needs epochs, batch_size and eval_batch_size >= 1")
         if self.eval_every < 0 or self.patience < 0 or self.chunk_speakers < 0:
             raise ValueError("eval_every, patience and chunk_speakers must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptConfig(AdaptSchedule):
+    """A stage-3 schedule and its batch-order seed."""
+
+    seed: int = 0
+
+    @classmethod
+    def from_schedule(cls, schedule: AdaptSchedule, *, seed: int) -> AdaptConfig:
+        """The schedule fields of `schedule` (any `AdaptSchedule` subclass) with `seed`."""
+        names = [f.name for f in dataclasses.fields(AdaptSchedule)]
+        return cls(**{n: getattr(schedule, n) for n in names}, seed=seed)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -188,10 +199,12 @@ def compile_programs(
 ) -> Programs:
     """Jitted, vmapped step / dev evaluation / best selection for banks of `slots` speakers,
     with explicit shardings: slot axis over "data", base per `base_shardings`. Cached per
-    process (see `steps.cached`)."""
+    process (see `jit_cache.cached`)."""
     key = ("adapt", config, optimizer, mesh, slots)
-    key += (steps.tree_key(lora), steps.tree_key(base_shardings))
-    return steps.cached(key, lambda: _compile(lora, config, optimizer, mesh, base_shardings, slots))
+    key += (jit_cache.tree_key(lora), jit_cache.tree_key(base_shardings))
+    return jit_cache.cached(
+        key, lambda: _compile(lora, config, optimizer, mesh, base_shardings, slots)
+    )
 
 
 def _compile(lora, config, optimizer, mesh, base_shardings, slots) -> Programs:

@@ -19,37 +19,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from pqm_jax import sharding
-from pqm_jax.models import whisper
-from pqm_jax.quant import base as qbase
-from pqm_jax.train import conformer_steps, optim
+from pqm_jax import jit_cache, models, sharding
+from pqm_jax.train import optim
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_PROGRAMS: dict[Any, Any] = {}
-_MAX_PROGRAMS = 16
-
-
-def cached(key: Any, build: Any) -> Any:
-    """`build()` once per `key` in this process: the same jitted objects (and so the same
-    compiled executables) serve every run of a process, e.g. a resumed run or the evaluation
-    that follows training. At most 16 entries are kept."""
-    if key not in _PROGRAMS:
-        if len(_PROGRAMS) >= _MAX_PROGRAMS:
-            _PROGRAMS.pop(next(iter(_PROGRAMS)))
-        _PROGRAMS[key] = build()
-    return _PROGRAMS[key]
-
-
-def tree_key(tree: Any) -> tuple:
-    """A hashable description of a pytree: structure (with static fields), shapes, dtypes, and
-    the shardings when the leaves are shardings."""
-    leaves, treedef = jax.tree.flatten(tree)
-    return treedef, tuple(
-        x if isinstance(x, jax.sharding.Sharding) else (np.shape(x), str(x.dtype)) for x in leaves
-    )
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,16 +32,18 @@ class StepConfig:
     """What a step computes (hashable: a static argument of jit).
 
     Attributes:
-      model: the architecture, already cut to the training audio window (see `window`): a
-        `WhisperConfig` or a `ConformerConfig` (see `conformer_steps`).
+      model: the architecture config of a registered family (`pqm_jax.models`), already cut to
+        the training audio window (`Family.window`).
       dtype: compute dtype of activations, "float32" or "bfloat16" (LoRA weights, optimiser
         state and the loss stay float32).
       dropout: residual/activation dropout of the backbone (Whisper checkpoints: 0). LoRA
         dropout is a property of the adapters.
       trainable: "lora" (the trained tree is the adapters over a frozen base) or "backbone"
         (the trained tree is the model itself and the base argument is ignored: pretraining).
-      ctc_weight: Conformer only: weight of the CTC term of the joint loss.
-      spec_augment: Conformer only: SpecAugment the features when a dropout key is given.
+      ctc_weight: weight of the CTC term of a joint CTC/attention loss (families without a
+        CTC head ignore it).
+      spec_augment: SpecAugment the features when a dropout key is given (families that
+        support it).
     """
 
     model: Any
@@ -78,46 +55,9 @@ class StepConfig:
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
-            raise ValueError(f"compute dtype {self.dtype!r} unknown; use one of {tuple(DTYPES)}")
+            raise ValueError(f"compute dtype {self.dtype!r} unknown; use one of {DTYPES}")
         if self.trainable not in ("lora", "backbone"):
             raise ValueError(f"trainable must be lora or backbone, got {self.trainable!r}")
-
-
-def window_positions(window_s: float) -> int:
-    """Encoder positions of an audio window: 50 per second (2 mel frames of 10 ms each)."""
-    positions = round(window_s * 50)
-    if positions < 1 or abs(positions - window_s * 50) > 1e-6:
-        raise ValueError(f"audio_window_s must be a positive multiple of 0.02 s, got {window_s}")
-    return positions
-
-
-def window(params: dict, config: Any, window_s: float) -> tuple[dict, Any]:
-    """The model cut to an audio window of `window_s` seconds (30 = Whisper as released).
-
-    A Conformer reads any length: it is returned unchanged.
-
-    Whisper's encoder takes a fixed 30 s window; a shorter one keeps the first positions of the
-    (sinusoidal) encoder position table, as whisper.cpp's `audio_ctx` does. Training and
-    evaluation must use the same window.
-
-    Returns:
-      (params with `encoder/embed_positions` [positions, d], config with max_source_positions =
-      positions, so `encode` expects mel [B, n_mels, 2 * positions]).
-    """
-    positions = window_positions(window_s)
-    if not isinstance(config, whisper.WhisperConfig):
-        return params, config
-    if positions > config.max_source_positions:
-        raise ValueError(
-            f"audio window {window_s} s needs {positions} encoder positions; the model has "
-            f"{config.max_source_positions} ({config.max_source_positions / 50:g} s)"
-        )
-    table = params["encoder"]["embed_positions"]
-    if qbase.is_quantized(table):
-        raise ValueError("encoder/embed_positions must stay unquantised to cut the window")
-    encoder = {**params["encoder"], "embed_positions": table[:positions]}
-    cut = dataclasses.replace(config, max_source_positions=positions)
-    return {**params, "encoder": encoder}, cut
 
 
 def token_stats(
@@ -128,26 +68,26 @@ def token_stats(
     config: StepConfig,
     rng: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
-    """Sums over the batch's weighted target tokens (float32 scalars).
+    """Sums over the batch's weighted target tokens (float32 scalars), by the model's family
+    (`models.of(config.model).token_stats`).
 
     Returns:
       {"loss_sum": sum of token cross-entropies, "correct": argmax hits, "tokens": weight sum}.
       A Conformer's loss_sum is its joint CTC-attention loss summed over utterances.
     """
-    if not isinstance(config.model, whisper.WhisperConfig):
-        return conformer_steps.token_stats(lora, base, batch, config=config, rng=rng)
     if config.trainable == "backbone":
         base, lora = lora, None
-    dtype = DTYPES[config.dtype]
-    kw = dict(config=config.model, lora=lora, dtype=dtype)
-    kw |= dict(dropout_rng=rng, dropout_rate=config.dropout)
-    enc = whisper.encode(base, batch["mel"], **kw)
-    logits = whisper.decode(base, batch["inputs"], enc, **kw)  # float32 [B, T, vocab]
-    targets = batch["targets"]
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    w = batch["weights"].astype(jnp.float32)
-    hit = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    return {"loss_sum": jnp.sum(nll * w), "correct": jnp.sum(hit * w), "tokens": jnp.sum(w)}
+    return models.of(config.model).token_stats(
+        base,
+        lora,
+        batch,
+        model=config.model,
+        dtype=config.dtype,
+        dropout=config.dropout,
+        rng=rng,
+        ctc_weight=config.ctc_weight,
+        spec_augment=config.spec_augment,
+    )
 
 
 def _loss_sum(lora, base, batch, config, rng):
@@ -285,9 +225,17 @@ def jit_si_step(
     lora_s = sharding.tree_replicated(lora, mesh)
     opt_s = sharding.tree_replicated(opt_state, mesh)
     batch_s = sharding.leading(mesh, axis=1)
-    key = ("si_step", config, optimizer, steps_per_epoch, total_steps, mesh, tree_key(lora))
-    key += (tree_key(opt_state), tree_key(base_shardings))
-    return cached(
+    key = (
+        "si_step",
+        config,
+        optimizer,
+        steps_per_epoch,
+        total_steps,
+        mesh,
+        jit_cache.tree_key(lora),
+    )
+    key += (jit_cache.tree_key(opt_state), jit_cache.tree_key(base_shardings))
+    return jit_cache.cached(
         key,
         lambda: jax.jit(
             fn,
@@ -304,8 +252,8 @@ def jit_eval(*, config: StepConfig, mesh: jax.sharding.Mesh, lora: Any, base_sha
       f(lora, base, batch) -> {"loss_sum", "correct", "tokens"} (replicated scalars).
     """
     rep = sharding.replicated(mesh)
-    return cached(
-        ("eval", config, mesh, tree_key(lora), tree_key(base_shardings)),
+    return jit_cache.cached(
+        ("eval", config, mesh, jit_cache.tree_key(lora), jit_cache.tree_key(base_shardings)),
         lambda: jax.jit(
             functools.partial(token_stats, config=config, rng=None),
             in_shardings=(

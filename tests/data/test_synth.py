@@ -8,7 +8,8 @@ import pytest
 
 pytest.importorskip("espeakng_loader")
 
-from pqm_jax.data import corpora, issues, manifest, speakers, synth, text
+from pqm_jax.data import corpora, issues, manifest, speakers, synth
+from pqm_jax.text import transcripts as text
 
 
 def test_voice_grid_and_speaker_ids():

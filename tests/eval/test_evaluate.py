@@ -14,8 +14,8 @@ import pytest
 from pqm_jax import lora as lora_lib
 from pqm_jax.data import issues
 from pqm_jax.eval import run
-from pqm_jax.train import config as config_lib
-from pqm_jax.train import pipeline, results
+from pqm_jax.run import config as config_lib
+from pqm_jax.run import pipeline, results
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

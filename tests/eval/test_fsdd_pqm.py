@@ -9,11 +9,11 @@ import pathlib
 import pytest
 
 from pqm_jax import resources
+from pqm_jax.data import corpus as corpus_lib
 from pqm_jax.data import issues
 from pqm_jax.eval import run
-from pqm_jax.train import config as config_lib
-from pqm_jax.train import corpus as corpus_lib
-from pqm_jax.train import pipeline
+from pqm_jax.run import config as config_lib
+from pqm_jax.run import pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

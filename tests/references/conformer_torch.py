@@ -15,8 +15,8 @@ import math
 import numpy as np
 import pytest
 
-from pqm_jax.convert import espnet
-from pqm_jax.models import conformer
+from pqm_jax.models.conformer import espnet
+from pqm_jax.models.conformer import model as conformer
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

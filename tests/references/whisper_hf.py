@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pqm_jax.models import whisper
+from pqm_jax.models.whisper import model as whisper
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

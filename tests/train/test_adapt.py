@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from pqm_jax import sharding
-from pqm_jax.train import adapt, optim, steps, toy
+from pqm_jax.testing import toy
+from pqm_jax.train import adapt, optim, steps
 from pqm_jax.train import examples as ex
 
 CONFIG = toy.tiny_config(d_model=32, vocab_size=64, positions=8)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from pqm_jax import sharding
-from pqm_jax.models import whisper
-from pqm_jax.train import optim, steps, toy
+from pqm_jax.models.whisper import model as whisper
+from pqm_jax.testing import toy
+from pqm_jax.train import optim, steps
 
 CONFIG = toy.tiny_config(d_model=32, vocab_size=64, positions=8)
 OPT = optim.OptimConfig(name="adamw", learning_rate=1e-2, weight_decay=0.01, clip_norm=1.0)

@@ -1,0 +1,92 @@
+"""Entries -> model inputs: log-mel windows cached on disk, token ids with their loss weights.
+
+Features of each utterance are computed once per (utterance, audio window, mel bins) and kept
+as `.npz` in the run's `features/` folder, so reruns, resumed runs and the later evaluation
+read them instead of decoding and transforming audio again. Files are written atomically; an
+unreadable cache file is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import zipfile
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+import pqm_jax
+from pqm_jax.data import corpora, features, issues
+
+
+class DataWarning(pqm_jax.PQMWarning):
+    """An utterance left out of training (e.g. its transcript is longer than max_tokens)."""
+
+
+class FeatureStore:
+    """Log-mel windows [n_mels, 100 x window_s] of entries, cached under `folder`.
+
+    Args:
+      folder: cache folder (created on demand).
+      window_s: audio window; longer utterances are reported and skipped.
+      n_mels: mel bins of the model.
+      report: where unreadable / too long audio is reported.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        *,
+        window_s: float,
+        n_mels: int,
+        report: issues.InputReport | None = None,
+    ) -> None:
+        self.folder = pathlib.Path(folder)
+        self.window_s = window_s
+        self.n_mels = n_mels
+        self.report = issues.default(report)
+        self.options = corpora.ReadOptions(max_seconds=window_s, too_long="skip")
+        self.config = features.FeatureConfig(
+            n_mels=n_mels, n_samples=round(window_s * features.SAMPLE_RATE)
+        )
+
+    def path(self, entry: corpora.Entry) -> pathlib.Path:
+        spans = ";".join(f"{s.path}:{s.start_s}:{s.end_s}" for s in entry.segments)
+        key = f"{entry.utt_id}|{spans}|{entry.gap_s}|{self.window_s}|{self.n_mels}"
+        digest = hashlib.sha1(key.encode()).hexdigest()[:20]
+        return self.folder / digest[:2] / f"{digest}.npz"
+
+    def get(self, entry: corpora.Entry) -> np.ndarray | None:
+        """Cached or computed log-mel [n_mels, frames]; None if the audio is unusable."""
+        path = self.path(entry)
+        skip = path.with_suffix(".skip")
+        if skip.is_file():
+            return None
+        if path.is_file():
+            try:
+                with np.load(path) as f:
+                    return f["mel"]
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                pass  # torn cache file: recompute
+        utt = corpora.load_entry(entry, options=self.options, report=self.report)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if utt is None:
+            skip.write_text("unusable audio (reported when first read)\n")
+            return None
+        mel = features.log_mel(utt.audio, self.config)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez_compressed(tmp, mel=mel)
+        os.replace(tmp, path)
+        return mel
+
+    def loader(self, entries: Sequence[corpora.Entry]) -> Callable[[int], np.ndarray]:
+        """`load(i)` -> mel of entries[i] (from the cache; for pools too big for memory)."""
+
+        def load(i: int) -> np.ndarray:
+            mel = self.get(entries[i])
+            if mel is None:
+                raise RuntimeError(f"features of {entries[i].utt_id} vanished from the cache")
+            return mel
+
+        return load

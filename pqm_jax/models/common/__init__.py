@@ -1,0 +1,1 @@
+"""Blocks shared by every family: multi-head attention with KV caches, dropout, activations."""

@@ -1,0 +1,395 @@
+"""Jitted greedy and beam-search decoding of Whisper with a preallocated KV cache.
+
+One `jax.jit` call transcribes a batch of padded 30 s windows: the encoder runs once, the
+cross-attention keys/values once, the prompt in one prefill step, then the token loop is a
+`lax.while_loop` over single-token cached steps. Shapes depend only on (batch, options), so a new
+batch of the same size (any mix of speakers' adapters) reuses the compiled program.
+
+Token rules follow Hugging Face `generate` for Whisper without timestamps: the prompt is
+`<|startoftranscript|>` (+ `<|en|><|transcribe|>` on multilingual models) + `<|notimestamps|>`;
+`suppress` ids are banned at every step and `begin_suppress` ids (blank, end-of-text) at the
+first generated step; a finished row keeps emitting end-of-text. Scores are log-probabilities
+normalised over the whole vocabulary before the bans (HF's order; openai-whisper bans first),
+so greedy and beam-search tokens both equal HF's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from pqm_jax import lora as lora_lib
+from pqm_jax.models.whisper import model as whisper
+from pqm_jax.quant import base
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+    """How to decode (static under jit: hashable, one compilation per distinct value).
+
+    Attributes:
+      prompt: the forced decoder prompt, e.g. (sot, no_timestamps) for English-only models or
+        (sot, lang, transcribe, no_timestamps) for multilingual ones.
+      eot: end-of-text id (also the padding after a row finished).
+      suppress: ids never generated (CT2 `suppress_ids`, HF `suppress_tokens`).
+      begin_suppress: ids banned at the first generated step (blank and end-of-text).
+      max_new_tokens: generated-token cap (end-of-text included); None = max_target_positions
+        minus the prompt length (448 - prompt, as HF).
+      beam_size: 1 = greedy.
+      length_penalty: beam ranking score = sum_logprob / n ** length_penalty, n = generated
+        tokens including end-of-text (HF's convention; openai-whisper's default is the same with
+        exponent 1). 0 ranks by the plain sum of log-probabilities.
+      no_repeat_ngram_size: n > 0 bans any token that would repeat an n-gram already generated in
+        that row (HF's rule). Off (0) by default.
+      max_repeats: R > 0 ends a row (forces end-of-text next) once its generated tail is some
+        block of 1..`max_period` tokens repeated R + 1 times in a row; the repeats stay in the
+        output. A guard against the repetition loops of quantised models. Off (0) by default,
+        so that greedy output equals HF `generate` exactly.
+      max_period: the longest repeated block `max_repeats` looks for.
+      dtype: compute dtype name ("float32" or "bfloat16").
+      predequantize: dequantise quantised weights once per call, before the token loop (else
+        every step dequantises every weight it touches).
+    """
+
+    prompt: tuple[int, ...]
+    eot: int
+    suppress: tuple[int, ...] = ()
+    begin_suppress: tuple[int, ...] = ()
+    max_new_tokens: int | None = None
+    beam_size: int = 1
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    max_repeats: int = 0
+    max_period: int = 8
+    dtype: str = "float32"
+    predequantize: bool = True
+
+    def __post_init__(self):
+        if not self.prompt:
+            raise ValueError("DecodeOptions.prompt must hold at least <|startoftranscript|>")
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        # Lists from a JSON config would make the options unhashable; normalise to tuples.
+        for name in ("prompt", "suppress", "begin_suppress"):
+            object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))
+
+    def new_tokens(self, config: whisper.WhisperConfig) -> int:
+        """The generated-token budget for `config` (prompt + budget <= max_target_positions)."""
+        room = config.max_target_positions - len(self.prompt)
+        if room < 1:
+            raise ValueError(f"prompt of {len(self.prompt)} tokens leaves no room to decode")
+        return room if self.max_new_tokens is None else min(self.max_new_tokens, room)
+
+
+@struct.dataclass
+class Result:
+    """Decoded hypotheses of a batch.
+
+    tokens: [B, max_new] int32, generated ids after the prompt, end-of-text padded.
+    lengths: [B] int32, tokens before the first end-of-text (the text tokens).
+    scores: [B] float32, sum of log-probabilities of the generated tokens, end-of-text included.
+    """
+
+    tokens: jax.Array
+    lengths: jax.Array
+    scores: jax.Array
+
+
+def _ban(mask_ids: tuple[int, ...], vocab: int) -> jax.Array:
+    """[vocab] bool, True at `mask_ids` (ids outside the vocabulary are ignored)."""
+    ids = [i for i in mask_ids if 0 <= i < vocab]
+    return jnp.zeros((vocab,), bool).at[jnp.asarray(ids, jnp.int32)].set(True) if ids else None
+
+
+def _ngram_bans(hist: jax.Array, t: jax.Array, n: int, vocab: int) -> jax.Array:
+    """[N, vocab] bool: tokens that would complete an n-gram already in hist[:, :t] [N, L]."""
+    rows, length = hist.shape
+    if length < n:
+        return jnp.zeros((rows, vocab), bool)
+    starts = length - n + 1
+    # The last n - 1 tokens of each row (clamped at the start; masked below when t < n - 1).
+    tail = jax.lax.dynamic_slice_in_dim(hist, jnp.maximum(t - (n - 1), 0), n - 1, axis=1)
+    match = jnp.ones((rows, starts), bool)
+    for j in range(n - 1):
+        match &= hist[:, j : j + starts] == tail[:, j : j + 1]
+    # Only n-grams fully generated before step t: start j with j + n - 1 < t.
+    match &= (jnp.arange(starts) + n - 1 < t)[None] & (t >= n - 1)
+    nxt = hist[:, n - 1 :]
+    count = jnp.zeros((rows, vocab), jnp.int32)
+    count = count.at[jnp.arange(rows)[:, None], nxt].add(match.astype(jnp.int32))
+    return count > 0
+
+
+def _looping(hist: jax.Array, t: jax.Array, repeats: int, max_period: int) -> jax.Array:
+    """[N] bool: hist[:, :t] ends with a block of period p <= max_period, repeats + 1 times."""
+    rows, length = hist.shape
+    out = jnp.zeros((rows,), bool)
+    pos = jnp.arange(length)
+    for p in range(1, max_period + 1):
+        if p * (repeats + 1) > length:
+            break
+        same = jnp.concatenate([jnp.zeros((rows, p), bool), hist[:, p:] == hist[:, :-p]], axis=1)
+        window = (pos >= t - p * repeats) & (pos < t)
+        out |= jnp.all(same | ~window[None], axis=1) & (t >= p * (repeats + 1))
+    return out
+
+
+def _logprobs(logits: jax.Array, hist: jax.Array, t: jax.Array, opts: DecodeOptions) -> jax.Array:
+    """Log-probabilities [N, V] of the next token after the suppression and repetition rules."""
+    rows, vocab = logits.shape
+    neg = jnp.float32(-jnp.inf)
+    banned = jnp.zeros((rows, vocab), bool)
+    always = _ban(opts.suppress, vocab)
+    if always is not None:
+        banned |= always[None]
+    begin = _ban(opts.begin_suppress, vocab)
+    if begin is not None:
+        banned |= begin[None] & (t == 0)
+    if opts.no_repeat_ngram_size > 0:
+        banned |= _ngram_bans(hist, t, opts.no_repeat_ngram_size, vocab)
+    # HF's order: normalise over the whole vocabulary, then ban (openai-whisper bans first). It
+    # only matters for beam search: scores of banned-mass-heavy beams come out lower.
+    logp = jnp.where(banned, neg, jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1))
+    if opts.max_repeats > 0:
+        stop = _looping(hist, t, opts.max_repeats, opts.max_period)
+        only_eot = jnp.where(jnp.arange(vocab) == opts.eot, 0.0, neg)
+        logp = jnp.where(stop[:, None], only_eot[None], logp)
+    return logp
+
+
+def _prepare(params: Any, dtype: Any, predequantize: bool) -> Any:
+    """Params for the loop: quantised leaves dequantised (once) and floats cast to `dtype`."""
+    if not predequantize:
+        return params
+
+    def leaf(w):
+        if base.is_quantized(w):
+            return w.dequantize(dtype)
+        return w.astype(dtype) if jnp.issubdtype(w.dtype, jnp.floating) else w
+
+    return jax.tree.map(leaf, params, is_leaf=base.is_quantized)
+
+
+def _lengths(tokens: jax.Array, eot: int) -> jax.Array:
+    is_eot = tokens == eot
+    return jnp.where(is_eot.any(1), jnp.argmax(is_eot, axis=1), tokens.shape[1]).astype(jnp.int32)
+
+
+def _start(params, mel, lora, config, opts, dtype):
+    """Encoder, cross K/V, and the prompt prefill: (params, cross, cache, last logits [B, V])."""
+    params = _prepare(params, dtype, opts.predequantize)
+    enc = whisper.encode(params, mel, config=config, lora=lora, dtype=dtype)
+    cross = whisper.cross_kv(params, enc, config=config, lora=lora)
+    batch = mel.shape[0]
+    prompt = jnp.tile(jnp.asarray(opts.prompt, jnp.int32)[None], (batch, 1))
+    cache = whisper.init_cache(config, batch, len(opts.prompt) + opts.new_tokens(config), dtype)
+    logits, cache = whisper.decode_step(
+        params, prompt, cache, cross, config=config, lora=lora, dtype=dtype
+    )
+    return params, cross, cache, logits[:, -1]
+
+
+def _greedy(params, mel, lora, config: whisper.WhisperConfig, opts: DecodeOptions) -> Result:
+    dtype = jnp.dtype(opts.dtype)
+    params, cross, cache, logits = _start(params, mel, lora, config, opts, dtype)
+    batch, steps = mel.shape[0], opts.new_tokens(config)
+    step = functools.partial(whisper.decode_step, config=config, lora=lora, dtype=dtype)
+
+    def cond(s):
+        return (s["t"] < steps) & ~jnp.all(s["done"])
+
+    def body(s):
+        t = s["t"]
+        logp = _logprobs(s["logits"], s["hist"], t, opts)
+        tok = jnp.where(s["done"], opts.eot, jnp.argmax(logp, axis=-1).astype(jnp.int32))
+        gain = jnp.take_along_axis(logp, tok[:, None], axis=1)[:, 0]
+        logits, cache = step(params, tok[:, None], s["cache"], cross)
+        return {
+            "t": t + 1,
+            "hist": jax.lax.dynamic_update_slice_in_dim(s["hist"], tok[:, None], t, axis=1),
+            "score": s["score"] + jnp.where(s["done"], 0.0, gain),
+            "done": s["done"] | (tok == opts.eot),
+            "logits": logits[:, -1],
+            "cache": cache,
+        }
+
+    state = {
+        "t": jnp.zeros((), jnp.int32),
+        "hist": jnp.full((batch, steps), opts.eot, jnp.int32),
+        "score": jnp.zeros((batch,), jnp.float32),
+        "done": jnp.zeros((batch,), bool),
+        "logits": logits,
+        "cache": cache,
+    }
+    s = jax.lax.while_loop(cond, body, state)
+    return Result(tokens=s["hist"], lengths=_lengths(s["hist"], opts.eot), scores=s["score"])
+
+
+def _repeat_bank(lora: Any, n: int) -> Any:
+    """Per-example adapters [B, ...] -> [B * n, ...] (each utterance's adapter for its n beams)."""
+
+    def rep(ad):
+        if isinstance(ad, lora_lib.LoraWeights) and ad.a.ndim == 3:
+            return ad.replace(a=jnp.repeat(ad.a, n, axis=0), b=jnp.repeat(ad.b, n, axis=0))
+        return ad
+
+    return jax.tree.map(rep, lora, is_leaf=lambda x: isinstance(x, lora_lib.LoraWeights))
+
+
+def _beam(params, mel, lora, config: whisper.WhisperConfig, opts: DecodeOptions) -> Result:
+    """Beam search, HF-style: 2k candidates a step, end-of-text candidates ranked < k join a pool
+    of k finished hypotheses (ranked by the length-penalised score), the best k others go on. An
+    utterance is done when its pool is full and its best running beam, penalised at the current
+    length, cannot beat the pool's worst; at the end, beams still running join the pool."""
+    dtype = jnp.dtype(opts.dtype)
+    k, steps, eot = opts.beam_size, opts.new_tokens(config), opts.eot
+    params, cross, cache, logits = _start(params, mel, lora, config, opts, dtype)
+    batch = mel.shape[0]
+    rows = batch * k
+    lora_rows = _repeat_bank(lora, k)
+    step = functools.partial(whisper.decode_step, config=config, lora=lora_rows, dtype=dtype)
+    cache = cache.replace(k=jnp.repeat(cache.k, k, axis=1), v=jnp.repeat(cache.v, k, axis=1))
+    neg = jnp.float32(-jnp.inf)
+
+    def penalised(score, n):
+        return score / jnp.power(n.astype(jnp.float32), opts.length_penalty)
+
+    def pool_add(pool, cand_tokens, cand_raw, cand_ok, n):
+        """Merges candidates [B, c, ...] into the pool of k best finished hypotheses."""
+        cand_score = jnp.where(cand_ok, penalised(cand_raw, n), neg)
+        scores = jnp.concatenate([pool["score"], cand_score], axis=1)
+        best, idx = jax.lax.top_k(scores, k)
+        pick = lambda a, b: jnp.take_along_axis(
+            jnp.concatenate([a, b], axis=1), idx.reshape(idx.shape + (1,) * (a.ndim - 2)), axis=1
+        )
+        return {
+            "score": best,
+            "raw": pick(pool["raw"], cand_raw),
+            "tokens": pick(pool["tokens"], cand_tokens),
+        }
+
+    def cond(s):
+        return (s["t"] < steps) & ~jnp.all(s["done"])
+
+    def body(s):
+        t = s["t"]
+        hist = s["hist"]  # [B, k, steps]
+        logp = _logprobs(s["logits"], hist.reshape(rows, steps), t, opts)
+        cand = (s["score"].reshape(rows, 1) + logp).reshape(batch, -1)
+        top, flat = jax.lax.top_k(cand, 2 * k)  # [B, 2k]
+        src, tok = flat // logp.shape[1], (flat % logp.shape[1]).astype(jnp.int32)
+        is_eot = tok == eot
+        # Finished candidates: hist already holds end-of-text from position t on.
+        cand_hist = jnp.take_along_axis(hist, src[..., None], axis=1)
+        ok = is_eot & (jnp.arange(2 * k) < k)[None] & ~s["done"][:, None]
+        pool = pool_add(s["pool"], cand_hist, top, ok, t + 1)
+        # Running beams: the k best candidates that are not end-of-text.
+        run, sel = jax.lax.top_k(jnp.where(is_eot, neg, top), k)
+        beam_src = jnp.take_along_axis(src, sel, axis=1)
+        beam_tok = jnp.take_along_axis(tok, sel, axis=1)
+        new_hist = jnp.take_along_axis(hist, beam_src[..., None], axis=1)
+        new_hist = jax.lax.dynamic_update_slice_in_dim(new_hist, beam_tok[..., None], t, axis=2)
+        order = (jnp.arange(batch)[:, None] * k + beam_src).reshape(rows)
+        cache = s["cache"]
+        cache = cache.replace(k=cache.k[:, order], v=cache.v[:, order])
+        logits, cache = step(params, beam_tok.reshape(rows, 1), cache, cross)
+        full = pool["score"][:, -1] > neg
+        hopeless = penalised(run[:, 0], t + 1) <= pool["score"][:, -1]
+        return {
+            "t": t + 1,
+            "hist": new_hist,
+            "score": run,
+            "pool": pool,
+            "done": s["done"] | (full & hopeless),
+            "logits": logits[:, -1],
+            "cache": cache,
+        }
+
+    init_score = jnp.where(jnp.arange(k) == 0, 0.0, neg)  # all beams start equal: expand one
+    state = {
+        "t": jnp.zeros((), jnp.int32),
+        "hist": jnp.full((batch, k, steps), eot, jnp.int32),
+        "score": jnp.tile(init_score[None], (batch, 1)),
+        "pool": {
+            "score": jnp.full((batch, k), neg),
+            "raw": jnp.full((batch, k), neg),
+            "tokens": jnp.full((batch, k, steps), eot, jnp.int32),
+        },
+        "done": jnp.zeros((batch,), bool),
+        "logits": jnp.repeat(logits, k, axis=0),
+        "cache": cache,
+    }
+    s = jax.lax.while_loop(cond, body, state)
+    # Utterances not done: their running beams compete with the pool at their current length.
+    live = ~s["done"][:, None] & (s["score"] > neg)
+    pool = pool_add(s["pool"], s["hist"], s["score"], live, jnp.maximum(s["t"], 1))
+    tokens = pool["tokens"][:, 0]
+    return Result(tokens=tokens, lengths=_lengths(tokens, eot), scores=pool["raw"][:, 0])
+
+
+def _generate(params, mel, lora, config, options):
+    if options.beam_size == 1:
+        return _greedy(params, mel, lora, config, options)
+    return _beam(params, mel, lora, config, options)
+
+
+_generate_jit = jax.jit(_generate, static_argnames=("config", "options"))
+
+
+def generate(
+    params: Any,
+    mel: jax.Array,
+    *,
+    config: whisper.WhisperConfig,
+    options: DecodeOptions,
+    lora: Any = None,
+) -> Result:
+    """Transcribes a batch of 30 s windows (jitted; compiled once per batch size and options).
+
+    Args:
+      params: Whisper params (any kernels may be quantised).
+      mel: [B, n_mels, 3000] log-mel features.
+      config: architecture (static).
+      options: decoding rules (static).
+      lora: optional adapters: one tree for the whole batch, or a per-example bank whose arrays
+        have a leading [B] axis (`lora.take(bank, speaker_ids)`), so one batch mixes speakers.
+
+    Returns:
+      `Result` with tokens [B, max_new] (beam search: the best finished hypothesis).
+    """
+    return _generate_jit(params, jnp.asarray(mel), lora, config=config, options=options)
+
+
+def greedy(
+    params: Any,
+    mel: jax.Array,
+    *,
+    config: whisper.WhisperConfig,
+    options: DecodeOptions,
+    lora: Any = None,
+) -> Result:
+    """`generate` with beam_size 1."""
+    return generate(
+        params, mel, config=config, options=dataclasses.replace(options, beam_size=1), lora=lora
+    )
+
+
+def beam_search(
+    params: Any,
+    mel: jax.Array,
+    *,
+    config: whisper.WhisperConfig,
+    options: DecodeOptions,
+    beam_size: int,
+    lora: Any = None,
+) -> Result:
+    """`generate` with `beam_size` beams."""
+    opts = dataclasses.replace(options, beam_size=beam_size)
+    return generate(params, mel, config=config, options=opts, lora=lora)

@@ -1,0 +1,142 @@
+"""[pretrain ->] quantise -> stage 2 -> stage 3, resumable from any point: the library behind
+`train.py`.
+
+A run lives in one work folder (its layout: `pqm_jax.run.workdir`). `run_pipeline` skips
+whatever is already complete and resumes the rest from its newest valid checkpoint;
+`results.load` reads the outcome back. Nothing here knows which model family runs: the
+family of `model.name` (`pqm_jax.models`) loads, cuts and trains it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import jax
+
+from pqm_jax import lora as lora_lib
+from pqm_jax import sharding
+from pqm_jax.data import corpus as corpus_lib
+from pqm_jax.data import issues
+from pqm_jax.run import backbone, context, metrics, pretrain, stages
+from pqm_jax.run import config as config_lib
+from pqm_jax.run import workdir as workdir_lib
+
+SimulatedFailure = context.SimulatedFailure
+# Differences that do not change what a run computes (allowed between attempts).
+_VOLATILE = ("debug", "distributed")
+
+
+def init_distributed(spec: config_lib.DistributedSpec) -> None:
+    """`jax.distributed.initialize` for a multi-host run; call before any other JAX use."""
+    if not spec.enabled:
+        return
+    kwargs: dict[str, Any] = {}
+    if spec.coordinator_address:
+        kwargs["coordinator_address"] = spec.coordinator_address
+    if spec.num_processes:
+        kwargs["num_processes"] = spec.num_processes
+    if spec.process_id >= 0:
+        kwargs["process_id"] = spec.process_id
+    jax.distributed.initialize(**kwargs)
+
+
+def check_workdir(config: config_lib.RunConfig, workdir: str | os.PathLike) -> None:
+    """Writes `config.json`, or checks that a resumed run uses the same configuration.
+
+    Raises:
+      ConfigError: the work folder holds a run with a different configuration.
+    """
+    wd = workdir_lib.Workdir.of(workdir)
+    current = config_lib.to_dict(config)
+    if wd.config.is_file():
+        previous = json.loads(wd.config.read_text())
+        diffs = _diff(
+            {k: v for k, v in previous.items() if k not in _VOLATILE},
+            {k: v for k, v in current.items() if k not in _VOLATILE},
+        )
+        if diffs:
+            raise config_lib.ConfigError(
+                f"{wd.root} holds a run with another configuration ({'; '.join(diffs[:5])}); "
+                "use a new --workdir or the same config"
+            )
+    elif jax.process_index() == 0:
+        wd.root.mkdir(parents=True, exist_ok=True)
+        tmp = wd.config.with_suffix(".tmp")
+        tmp.write_text(json.dumps(current, indent=1))
+        tmp.replace(wd.config)
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        return out
+    return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
+
+
+def setup(
+    config: config_lib.RunConfig, workdir: str | os.PathLike, *, progress: bool = True
+) -> context.Run:
+    """Mesh, quantised base (placed with its shardings), tokenizer, feature cache, metrics."""
+    wd = workdir_lib.Workdir.of(workdir)
+    check_workdir(config, wd)
+    family = config.model.family
+    mesh_config = config.mesh.with_rules(family.shard_rules)
+    mesh = sharding.make_mesh(mesh_config)
+    base, cfg, tokenizer = backbone.quantized(config, wd)
+    base, cfg = family.window(base, cfg, config.model.audio_window_s)
+    shardings = sharding.base_shardings(base, mesh, mesh_config)
+    return context.Run(
+        config=config,
+        workdir=wd,
+        mesh=mesh,
+        base=sharding.put(base, shardings),
+        base_shardings=shardings,
+        step_config=context.step_config(config, cfg, pretraining=False),
+        tokenizer=tokenizer,
+        store=context.store(config, wd, cfg.n_mels, issues.InputReport()),
+        writer=metrics.MetricsWriter(wd, enabled=jax.process_index() == 0),
+        progress=progress,
+    )
+
+
+def initial_adapters(run: context.Run) -> Any:
+    """Stage-2 starting adapters (B = 0: the adapted model equals the base)."""
+    key = run.key(context.KEY_LORA)
+    return lora_lib.init(run.base, context.lora_config(run.config), key=key)
+
+
+def run_pipeline(
+    config: config_lib.RunConfig, workdir: str | pathlib.Path, *, progress: bool = True
+) -> dict[str, Any]:
+    """Runs (or resumes) [pretrain ->] quantise -> stage 2 -> stage 3 in `workdir`.
+
+    Returns:
+      a summary: {"stage2": info, "stage3": manifest} as written to disk.
+
+    Raises:
+      ConfigError: for a configuration that cannot run (named key).
+      SimulatedFailure: from the `debug.fail_after_steps` hook.
+    """
+    wd = workdir_lib.Workdir.of(workdir)
+    pretrain.check_path(config.model)
+    check_workdir(config, wd)
+    if pretrain.needed(config, wd):
+        pretrain.train(config, wd, progress=progress)
+    run = setup(config, wd, progress=progress)
+    try:
+        run.writer.event("start", config=config_lib.to_dict(config))
+        corpus = corpus_lib.build(config.data, wd.data, report=run.store.report)
+        run.writer.event("corpus", summary=corpus.summary())
+        si_lora, info = stages.stage2(run, corpus, initial_adapters(run))
+        manifest = stages.stage3(run, corpus, si_lora) if config.stage3.enabled else None
+        run.writer.event("done", input_problems=run.store.report.summary())
+    finally:
+        run.writer.close()
+    if jax.process_index() == 0:
+        metrics.plot(wd)
+    return {"stage2": info, "stage3": manifest}

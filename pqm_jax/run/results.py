@@ -1,0 +1,119 @@
+"""Reading a finished (or partly finished) run back: base, adapters, bank, splits, features.
+
+    res = results.load(workdir)
+    base, model_config = res.model()            # quantised, cut to the training audio window
+    si = res.si_lora()                          # stage-2 adapters
+    lora = res.speaker_lora("en-029")           # one speaker: reads only its files
+    bank, names = res.bank()                    # all adapted speakers stacked [S, ...]
+    corpus = res.corpus()                       # the same adapt/dev/test splits
+    mel = res.feature_store().get(entry)        # cached log-mel of any entry
+
+The evaluation must use `model()` (or `Family.window` with `res.config.model.audio_window_s`):
+the adapters were trained on that window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+
+from pqm_jax import checkpoint
+from pqm_jax import lora as lora_lib
+from pqm_jax.data import corpus as corpus_lib
+from pqm_jax.data import feature_store, issues
+from pqm_jax.run import backbone, context
+from pqm_jax.run import config as config_lib
+from pqm_jax.run import workdir as workdir_lib
+
+
+@dataclasses.dataclass(eq=False)
+class Results:
+    """Handle on a run folder; everything is read lazily, on request."""
+
+    paths: workdir_lib.Workdir
+    config: config_lib.RunConfig
+    _backbone: tuple | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def workdir(self):
+        return self.paths.root
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """stage3/manifest.json ({} before stage 3 has finished a chunk)."""
+        path = self.paths.manifest
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def speakers(self) -> list[str]:
+        """Adapted speakers, sorted."""
+        return sorted(self.manifest.get("speakers", {}))
+
+    def backbone(self) -> tuple[dict, Any, Any]:
+        """(quantised base, full model config, tokenizer) from `ckpt/base` (read once)."""
+        if self._backbone is None:
+            self._backbone = backbone.quantized(self.config, self.paths)
+        return self._backbone
+
+    def full_precision(self) -> tuple[dict, Any, Any]:
+        """(full-precision params, model config, tokenizer): the backbone before quantisation."""
+        return backbone.load(self.config, self.paths)
+
+    def model(self) -> tuple[dict, Any]:
+        """(quantised base, model config) cut to the run's audio window."""
+        base, cfg, _ = self.backbone()
+        return self.config.model.family.window(base, cfg, self.config.model.audio_window_s)
+
+    def tokenizer(self) -> Any:
+        return self.backbone()[2]
+
+    def _template(self) -> Any:
+        base = self.backbone()[0]
+        lc = context.lora_config(self.config)
+        return jax.eval_shape(lambda: lora_lib.init(base, lc, key=jax.random.key(0)))
+
+    def si_lora(self) -> Any:
+        """The stage-2 adapters (initial adapters when stage 2 was disabled)."""
+        out = checkpoint.restore(self.paths.stage2_final, {"lora": self._template()})
+        return out["lora"]
+
+    def si_info(self) -> dict[str, Any]:
+        return checkpoint.restore(self.paths.stage2_final, {"info": checkpoint.Json()})["info"]
+
+    def speaker_lora(self, speaker: str, template: Any = None) -> Any:
+        """One speaker's best adapters (only its own files are read and verified)."""
+        row = self.manifest.get("speakers", {}).get(speaker)
+        if row is None:
+            raise KeyError(f"speaker {speaker!r} not adapted; adapted: {self.speakers()}")
+        path = self.paths.chunk(row["chunk"])
+        template = template if template is not None else self._template()
+        return checkpoint.restore(path, {row["item"]: template})[row["item"]]
+
+    def bank(self, speakers: list[str] | None = None) -> tuple[Any, list[str]]:
+        """(adapters of `speakers` (default all) stacked [S, ...], speaker index)."""
+        names = self.speakers() if speakers is None else list(speakers)
+        template = self._template()
+        return lora_lib.stack([self.speaker_lora(s, template) for s in names]), names
+
+    def corpus(self, report: issues.InputReport | None = None) -> corpus_lib.Corpus:
+        """The run's corpus (same splits; synthetic audio is reused, not re-rendered)."""
+        return corpus_lib.build(self.config.data, self.paths.data, report=issues.default(report))
+
+    def feature_store(
+        self, report: issues.InputReport | None = None, *, window_s: float | None = None
+    ) -> feature_store.FeatureStore:
+        """The run's feature cache (window and mel bins of training), or with `window_s` the
+        cache of windows of that length."""
+        n_mels = self.backbone()[1].n_mels
+        return context.store(self.config, self.paths, n_mels, report, window_s=window_s)
+
+
+def load(workdir: str | os.PathLike) -> Results:
+    """A handle on the run in `workdir` (its config.json must exist)."""
+    paths = workdir_lib.Workdir.of(workdir)
+    if not paths.config.is_file():
+        raise FileNotFoundError(f"{paths.root} holds no run (no config.json)")
+    return Results(paths=paths, config=config_lib.from_dict(json.loads(paths.config.read_text())))

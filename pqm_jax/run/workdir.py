@@ -1,0 +1,99 @@
+"""The layout of a run folder: every path train.py and evaluate.py read or write, in one place.
+
+config.json            the run's configuration (a resumed run must match it)
+metrics.jsonl, tb/     metrics (JSON lines; TensorBoard scalars); metrics.png at the end
+features/              cached log-mel windows (reused by resumed runs and the evaluation);
+                       features_<W>s/ for another window (the 30 s baselines)
+data/                  corpora a source makes (rendered synthetic speakers)
+pretrain/              a model trained from scratch by this run (`Family.save`)
+ckpt/base              the quantised base, saved once
+ckpt/pretrain, stage2, stage3    rolling checkpoints of the running stage (adapters,
+                       optimiser state, data position); deleted when its result is saved
+stage2/final           the selected speaker-independent adapters (+ info)
+stage3/bank/chunk_NNNN one speaker per item (restore one without reading the others)
+stage3/manifest.json   speakers -> chunk/item, steps, start and best dev accuracy
+report.json/.md/.png, transcripts.jsonl    the evaluation
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+TENSORBOARD = "tb"
+METRICS_PLOT = "metrics.png"
+REPORT = {"json": "report.json", "md": "report.md", "png": "report.png"}
+TRANSCRIPTS = "transcripts.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+    """Paths of the run folder `root` (nothing is created until a caller writes there)."""
+
+    root: pathlib.Path
+
+    @classmethod
+    def of(cls, root: str | os.PathLike | Workdir) -> Workdir:
+        return root if isinstance(root, Workdir) else cls(pathlib.Path(root))
+
+    @property
+    def config(self) -> pathlib.Path:
+        return self.root / CONFIG
+
+    @property
+    def metrics(self) -> pathlib.Path:
+        return self.root / METRICS
+
+    @property
+    def tensorboard(self) -> pathlib.Path:
+        return self.root / TENSORBOARD
+
+    @property
+    def metrics_plot(self) -> pathlib.Path:
+        return self.root / METRICS_PLOT
+
+    def features(self, window_s: float | None = None) -> pathlib.Path:
+        """The feature cache of the run's window, or `features_<W>s` for another window."""
+        return self.root / ("features" if window_s is None else f"features_{window_s:g}s")
+
+    @property
+    def data(self) -> pathlib.Path:
+        return self.root / "data"
+
+    @property
+    def pretrain(self) -> pathlib.Path:
+        return self.root / "pretrain"
+
+    def ckpt(self, name: str) -> pathlib.Path:
+        """`ckpt/<name>`: "base", or a stage's rolling checkpoints."""
+        return self.root / "ckpt" / name
+
+    @property
+    def stage2_final(self) -> pathlib.Path:
+        return self.root / "stage2" / "final"
+
+    @property
+    def bank(self) -> pathlib.Path:
+        return self.root / "stage3" / "bank"
+
+    def chunk(self, index: int) -> pathlib.Path:
+        return self.bank / chunk_name(index)
+
+    @property
+    def manifest(self) -> pathlib.Path:
+        return self.root / "stage3" / "manifest.json"
+
+    def report(self, kind: str) -> pathlib.Path:
+        """The evaluation's report file of `kind` ("json", "md", "png")."""
+        return self.root / REPORT[kind]
+
+    @property
+    def transcripts(self) -> pathlib.Path:
+        return self.root / TRANSCRIPTS
+
+
+def chunk_name(index: int) -> str:
+    return f"chunk_{index:04d}"
