@@ -27,17 +27,18 @@ import numpy as np
 
 from pqm_jax import lora as lora_lib
 from pqm_jax import sharding
+from pqm_jax.models.whisper import family as whisper_family
+from pqm_jax.run import backbone
 from pqm_jax.run import config as config_lib
-from pqm_jax.run import pipeline
 from pqm_jax.testing import toy
 from pqm_jax.train import adapt, optim, steps
 
 
 def _model(name: str, window: float):
     spec = config_lib.ModelSpec(name=name, audio_window_s=window, d_model=256, layers=4, heads=4)
-    params, cfg, _ = pipeline.load_backbone(spec, seed=0)
-    base = pipeline.quantize(params, spec)
-    return steps.window(base, cfg, window)
+    params, cfg, _ = spec.family.load(spec, seed=0, folder=None)
+    base = backbone.quantize(params, spec)
+    return spec.family.window(base, cfg, window)
 
 
 def _bank_batch(cfg, s: int, b: int, tokens: int, seed: int) -> dict:
@@ -61,7 +62,11 @@ def _loop(single, rows, *args) -> list:
 
 def run(args) -> None:
     base, cfg = _model(args.model, args.window)
-    lora = lora_lib.init(base, lora_lib.LoraConfig(rank=8, alpha=16.0), key=jax.random.key(1))
+    lora = lora_lib.init(
+        base,
+        lora_lib.LoraConfig(rank=8, alpha=16.0, targets=whisper_family.LORA_TARGETS),
+        key=jax.random.key(1),
+    )
     opt_cfg = optim.OptimConfig(name="adamw", learning_rate=1e-3, weight_decay=0.01)
     step_cfg = steps.StepConfig(model=cfg)
     mesh = sharding.make_mesh(sharding.MeshConfig(data=1), devices=jax.devices()[:1])

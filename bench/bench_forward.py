@@ -4,7 +4,7 @@ float32, and the weight bytes of each against NF4's physical floor.
 Forward = encoder + teacher-forced decoder (logits over the vocabulary), one jitted function,
 same random log-mel and token ids for both; the two models run interleaved, compilation and
 one warm-up call excluded. NF4: block 64 with double quantisation on the paper's targets
-(attention/MLP kernels, convolutions, token embedding; `config.QUANT_TARGETS`); dequantisation
+(attention/MLP kernels, convolutions, token embedding; the Whisper family's `QUANT_TARGETS`); dequantisation
 happens inside the jitted forward (every call pays it).
 
 Memory: bytes of the weights pytree (`quant.tree.tree_nbytes`), the whole model and only the
@@ -27,9 +27,8 @@ import report
 from pqm_jax.models.whisper import model as whisper
 from pqm_jax.quant import base as qbase
 from pqm_jax.quant import tree as qtree
+from pqm_jax.run import backbone
 from pqm_jax.run import config as config_lib
-from pqm_jax.run import pipeline
-from pqm_jax.train import steps
 
 FLOOR_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # NF4, block 64, double quantisation
 
@@ -60,11 +59,11 @@ def measure(
 ) -> tuple[list[report.Row], list[str]]:
     """Rows (forward seconds, bytes, bits per weight) and the setting lines."""
     spec = config_lib.ModelSpec(name=model, audio_window_s=window)
-    full, cfg, _ = pipeline.load_backbone(spec, seed=0)
+    full, cfg, _ = spec.family.load(spec, seed=0, folder=None)
     full = jax.tree.map(jax.numpy.asarray, full)
-    nf4 = pipeline.quantize(full, spec)
-    full_w, cfg_w = steps.window(full, cfg, window)
-    nf4_w, _ = steps.window(nf4, cfg, window)
+    nf4 = backbone.quantize(full, spec)
+    full_w, cfg_w = spec.family.window(full, cfg, window)
+    nf4_w, _ = spec.family.window(nf4, cfg, window)
     rng = np.random.default_rng(0)
     mel = rng.normal(size=(batch, cfg.n_mels, 2 * cfg_w.max_source_positions)).astype(np.float32)
     ids = rng.integers(0, cfg.vocab_size, size=(batch, tokens)).astype(np.int32)

@@ -5,7 +5,7 @@ B utterances, from the same Whisper weights, with LoRA r 8, alpha 16 on q/k/v/ou
 attention, the same random log-mel windows and token ids (equal shapes), the same weighted
 teacher-forced cross-entropy:
 
-- ours: NF4 base (block 64, double quant, `config.QUANT_TARGETS`), one jitted `vmap`ped step
+- ours: NF4 base (block 64, double quant, the Whisper family's `QUANT_TARGETS`), one jitted `vmap`ped step
   (`train.adapt.compile_programs`) updating all S speakers' adapters at once, K times;
 - peer: transformers `WhisperForConditionalGeneration` + bitsandbytes `Linear4bit` NF4 (block 64,
   double quant) on every linear + PEFT LoRA, one speaker after another (`peft_route.py`).
@@ -34,8 +34,9 @@ import report
 
 from pqm_jax import lora as lora_lib
 from pqm_jax import resources, sharding
+from pqm_jax.models.whisper import family as whisper_family
+from pqm_jax.run import backbone
 from pqm_jax.run import config as config_lib
-from pqm_jax.run import pipeline
 from pqm_jax.testing import toy
 from pqm_jax.text import whisper_tokenizer as text_lib
 from pqm_jax.train import adapt, optim, steps
@@ -53,7 +54,11 @@ def batches(cfg, s: int, k: int, b: int, tokens: int, seed: int = 0) -> dict[str
 
 def _ours(base, cfg, s: int, k: int, mesh, base_s):
     """(a function running one adaptation of S speakers on the bank, LoRA parameter count)."""
-    lora = lora_lib.init(base, lora_lib.LoraConfig(rank=8, alpha=16.0), key=jax.random.key(1))
+    lora = lora_lib.init(
+        base,
+        lora_lib.LoraConfig(rank=8, alpha=16.0, targets=whisper_family.LORA_TARGETS),
+        key=jax.random.key(1),
+    )
     opt_cfg = optim.OptimConfig(name="adamw", learning_rate=LR, weight_decay=WEIGHT_DECAY)
     programs = adapt.compile_programs(
         lora=lora,
@@ -86,9 +91,9 @@ def measure(args) -> tuple[list[report.Row], list[str]]:
     import torch
 
     spec = config_lib.ModelSpec(name="tiny.en", audio_window_s=args.window)
-    full, cfg_full, _ = pipeline.load_backbone(spec, seed=0)
-    full_w, cfg = steps.window(full, cfg_full, args.window)
-    base, _ = steps.window(pipeline.quantize(full, spec), cfg_full, args.window)
+    full, cfg_full, _ = spec.family.load(spec, seed=0, folder=None)
+    full_w, cfg = spec.family.window(full, cfg_full, args.window)
+    base, _ = spec.family.window(backbone.quantize(full, spec), cfg_full, args.window)
     mesh = sharding.make_mesh(sharding.MeshConfig(data=1), devices=jax.devices()[:1])
     base_s = sharding.base_shardings(base, mesh)
     base = sharding.put(base, base_s)

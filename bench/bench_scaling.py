@@ -26,9 +26,10 @@ import report
 
 from pqm_jax import lora as lora_lib
 from pqm_jax import sharding
+from pqm_jax.models.whisper import family as whisper_family
 from pqm_jax.quant import tree as qtree
+from pqm_jax.run import backbone
 from pqm_jax.run import config as config_lib
-from pqm_jax.run import pipeline
 from pqm_jax.train import adapt, optim, steps
 
 
@@ -66,12 +67,16 @@ def _vec(slots: int) -> list[np.ndarray]:
 
 def measure(args) -> tuple[list[report.Row], list[str]]:
     spec = config_lib.ModelSpec(name="tiny.en", audio_window_s=args.window)
-    full, cfg_full, _ = pipeline.load_backbone(spec, seed=0)
-    base, cfg = steps.window(pipeline.quantize(full, spec), cfg_full, args.window)
+    full, cfg_full, _ = spec.family.load(spec, seed=0, folder=None)
+    base, cfg = spec.family.window(backbone.quantize(full, spec), cfg_full, args.window)
     mesh = sharding.make_mesh(sharding.MeshConfig(data=1), devices=jax.devices()[:1])
     base_s = sharding.base_shardings(base, mesh)
     base = sharding.put(base, base_s)
-    lora = lora_lib.init(base, lora_lib.LoraConfig(rank=8, alpha=16.0), key=jax.random.key(1))
+    lora = lora_lib.init(
+        base,
+        lora_lib.LoraConfig(rank=8, alpha=16.0, targets=whisper_family.LORA_TARGETS),
+        key=jax.random.key(1),
+    )
     opt_cfg = optim.OptimConfig(name="adamw", learning_rate=1e-3, weight_decay=0.01)
     per_speaker_state = 3 * qtree.tree_nbytes(lora)  # adapters, Adam mu and nu
     key = jax.random.key(0)

@@ -14,7 +14,6 @@ LoRA stages follow `configs/librispeech.py`. Point the roots at your copies:
 
 import pathlib
 
-from pqm_jax.models.conformer import model as conformer
 from pqm_jax.run import config as config_lib
 
 
@@ -32,7 +31,6 @@ def get_config():
     c.model.audio_window_s = 30.0
     c.model.max_tokens = 640
     c.model.dtype = "bfloat16"
-    c.lora.targets = conformer.ATTENTION_TARGETS
     c.pretrain.steps = epochs * 28539 // 32  # train-clean-100 has 28,539 utterances
     c.pretrain.batch_size = 32
     c.pretrain.eval_batch_size = 32

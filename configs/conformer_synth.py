@@ -10,7 +10,6 @@ model lands in <workdir>/pretrain, which `configs/conformer_fsdd.py` reuses (mod
     python evaluate.py --workdir runs/conformer_synth --beam_size 4
 """
 
-from pqm_jax.models.conformer import model as conformer
 from pqm_jax.run import config as config_lib
 
 
@@ -25,7 +24,6 @@ def get_config():
     c.model.ctc_weight = 0.3
     c.model.audio_window_s = 4.0
     c.model.max_tokens = 32
-    c.lora.targets = conformer.ATTENTION_TARGETS
     c.lora.rank = 8
     c.lora.alpha = 16.0
     c.data.source = "synth"

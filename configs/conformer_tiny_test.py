@@ -3,7 +3,6 @@
 Run: `python train.py --config configs/conformer_tiny_test.py --workdir /tmp/pqm_conformer_tiny`.
 """
 
-from pqm_jax.models.conformer import model as conformer
 from pqm_jax.run import config as config_lib
 
 
@@ -17,7 +16,6 @@ def get_config():
     c.model.kernel_size = 7
     c.model.audio_window_s = 4.0
     c.model.max_tokens = 32
-    c.lora.targets = conformer.ATTENTION_TARGETS
     c.lora.rank = 2
     c.lora.alpha = 4.0
     c.data.source = "synth"

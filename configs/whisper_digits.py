@@ -12,7 +12,6 @@ instead of the Conformer trained from scratch on that pool.
 
 import pathlib
 
-from pqm_jax import lora
 from pqm_jax.run import config as config_lib
 
 
@@ -20,6 +19,5 @@ def get_config():
     c = config_lib.load_file(pathlib.Path(__file__).with_name("conformer_synth.py"))
     c.model.name = "tiny.en"
     c.model.max_tokens = 24
-    c.lora.targets = lora.ATTENTION_TARGETS
     c.stage2.optim.learning_rate = 1e-4
     return c

@@ -17,6 +17,7 @@ import soundfile
 import pqm_jax
 from pqm_jax import api, resources
 from pqm_jax import lora as lora_lib
+from pqm_jax.models.whisper import family as whisper_family
 from pqm_jax.models.whisper import model as whisper
 from pqm_jax.quant import base
 from pqm_jax.quant import tree as qtree
@@ -81,7 +82,11 @@ def test_paths_and_other_rates_are_loaded(tmp_path):
 
 def _adapter(seed: int, b_scale: float) -> dict:
     m = _model()
-    ad = lora_lib.init(m.params, lora_lib.LoraConfig(rank=2), key=jax.random.key(seed))
+    ad = lora_lib.init(
+        m.params,
+        lora_lib.LoraConfig(rank=2, targets=whisper_family.LORA_TARGETS),
+        key=jax.random.key(seed),
+    )
     return jax.tree.map(
         lambda w: w.replace(b=jnp.full(w.b.shape, b_scale)),
         ad,

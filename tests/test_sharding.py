@@ -6,6 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from pqm_jax import sharding
+from pqm_jax.models.whisper import family as whisper_family
 from pqm_jax.quant import tree as qtree
 from pqm_jax.testing import toy
 
@@ -21,7 +22,8 @@ def test_mesh_shapes_and_errors():
 
 
 def test_quantized_tensors_split_on_whole_blocks_only():
-    mesh = sharding.make_mesh(sharding.MeshConfig(data=2, model=4))
+    mesh_config = sharding.MeshConfig(data=2, model=4, base_rules=whisper_family.SHARD_RULES)
+    mesh = sharding.make_mesh(mesh_config)
     params = {
         "a": {"q_proj": {"kernel": np.ones((64, 64), np.float32)}},  # 64 blocks: splits
         "b": {"q_proj": {"kernel": np.ones((8, 24), np.float32)}},  # 3 blocks: replicated
@@ -34,7 +36,7 @@ def test_quantized_tensors_split_on_whole_blocks_only():
         "nf4",
         double_quant=True,
     )
-    s = sharding.base_shardings({**params, **q}, mesh)
+    s = sharding.base_shardings({**params, **q}, mesh, mesh_config)
     a = s["a"]["q_proj"]["kernel"].inner
     assert a.codes.spec == P("model") and a.absmax.spec == P("model")
     assert a.absmax_offset.spec == P()  # a scalar

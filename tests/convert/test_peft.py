@@ -13,6 +13,7 @@ import pytest
 
 from pqm_jax import lora as lora_lib
 from pqm_jax.convert import peft as peft_io
+from pqm_jax.models.whisper import family as whisper_family
 from pqm_jax.models.whisper import hf
 from pqm_jax.models.whisper import model as whisper
 from pqm_jax.quant import tree as qtree
@@ -34,7 +35,7 @@ CONFIG = whisper.WhisperConfig(
     max_source_positions=60,
     max_target_positions=64,
 )
-ALL_LINEAR = (*lora_lib.ATTENTION_TARGETS, r"fc[12]$")
+ALL_LINEAR = (*whisper_family.LORA_TARGETS, r"fc[12]$")
 
 
 def _hf_model(seed: int = 0):
@@ -117,7 +118,9 @@ def _assert_trees_equal(x, y):
 
 
 def test_round_trip_is_bit_exact_and_files_follow_peft(tmp_path):
-    config = lora_lib.LoraConfig(rank=4, alpha=8.0, dropout=0.05)
+    config = lora_lib.LoraConfig(
+        rank=4, alpha=8.0, dropout=0.05, targets=whisper_family.LORA_TARGETS
+    )
     adapters = _adapters(config)
     half = jax.tree.map(lambda x: x.astype(jnp.bfloat16), adapters)
     peft_io.export(half, tmp_path / "bf16", config=config, base_model_name_or_path=None)
@@ -241,7 +244,7 @@ def test_legacy_bin_with_and_without_torch(tmp_path, monkeypatch):
 
 
 def _exported(tmp_path, rank: int = 2):
-    config = lora_lib.LoraConfig(rank=rank, alpha=4.0)
+    config = lora_lib.LoraConfig(rank=rank, alpha=4.0, targets=whisper_family.LORA_TARGETS)
     adapters = _adapters(config)
     peft_io.export(adapters, tmp_path, config=config, base_model_name_or_path=None)
     return adapters, config
@@ -317,7 +320,7 @@ def test_export_rejects_inconsistent_inputs(tmp_path):
         peft_io.export(
             adapters,
             tmp_path,
-            config=lora_lib.LoraConfig(rank=4, alpha=4.0),
+            config=lora_lib.LoraConfig(rank=4, alpha=4.0, targets=whisper_family.LORA_TARGETS),
             base_model_name_or_path=None,
         )
     with pytest.raises(ValueError, match=r"implies 2.8"):

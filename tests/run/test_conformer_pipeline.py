@@ -154,7 +154,7 @@ def test_bank_beam_search_equals_one_speaker_at_a_time():
 
 def test_a_missing_model_folder_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"point model\.path at the pretrain/ folder"):
-        pretrain.load(tmp_path / "nothing")
+        conformer_family.load(tmp_path / "nothing")
 
 
 def test_a_bad_model_path_fails_before_any_work(tmp_path):
@@ -184,9 +184,9 @@ def finished(tmp_path_factory):
 def test_interrupted_pretraining_resumes_to_the_same_model(finished, tmp_path):
     workdir, _, _ = finished
     pipeline.check_workdir(tiny(), tmp_path)
-    pipeline.pretrain_backbone(tiny(), tmp_path, progress=False)
-    resumed, _, _ = pretrain.load(workdir / "pretrain")
-    straight, _, _ = pretrain.load(tmp_path / "pretrain")
+    pretrain.train(tiny(), workdir_lib.Workdir(tmp_path), progress=False)
+    resumed, _, _ = conformer_family.load(workdir / "pretrain")
+    straight, _, _ = conformer_family.load(tmp_path / "pretrain")
     for x, y in zip(_leaves(resumed), _leaves(straight), strict=True):
         np.testing.assert_array_equal(x, y)
 

@@ -9,7 +9,7 @@ import pytest
 
 from pqm_jax import checkpoint
 from pqm_jax.run import config as config_lib
-from pqm_jax.run import pipeline, results, stages
+from pqm_jax.run import pipeline, results
 from pqm_jax.run import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pqm_jax import sharding
+from pqm_jax.models.whisper import family as whisper_family
 from pqm_jax.testing import toy
 from pqm_jax.train import adapt, optim, steps
 from pqm_jax.train import examples as ex
@@ -94,7 +95,8 @@ def _alone(base, lora, data, speaker, key):
 def test_vmapped_bank_equals_loop(setup):
     base, lora, data = setup
     key = jax.random.key(5)
-    mesh = sharding.make_mesh(sharding.MeshConfig(data=4, model=2))
+    mesh_config = sharding.MeshConfig(data=4, model=2, base_rules=whisper_family.SHARD_RULES)
+    mesh = sharding.make_mesh(mesh_config)
     slots = adapt.slots_for(ADAPT, len(data), mesh)
     assert slots == 4  # chunk of 3 rounded up to the data axis: one padded slot per chunk
     programs = adapt.compile_programs(
@@ -102,7 +104,7 @@ def test_vmapped_bank_equals_loop(setup):
         config=STEP,
         optimizer=OPT,
         mesh=mesh,
-        base_shardings=sharding.base_shardings(base, mesh),
+        base_shardings=sharding.base_shardings(base, mesh, mesh_config),
         slots=slots,
     )
     best, results = adapt.adapt(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pqm_jax import sharding
-from pqm_jax.models.whisper import model as whisper
+from pqm_jax.models.whisper import family as whisper_family
 from pqm_jax.testing import toy
 from pqm_jax.train import optim, steps
 
@@ -40,8 +40,9 @@ def test_sharded_step_equals_single_device(model):
     key, step = jax.random.key(7), jnp.int32(3)
     ref_lora, _, ref_m = _single(lora, base, batch, step, key)
 
-    mesh = sharding.make_mesh(sharding.MeshConfig(data=4, model=2))
-    base_s = sharding.base_shardings(base, mesh)
+    mesh_config = sharding.MeshConfig(data=4, model=2, base_rules=whisper_family.SHARD_RULES)
+    mesh = sharding.make_mesh(mesh_config)
+    base_s = sharding.base_shardings(base, mesh, mesh_config)
     # The base really is split over "model" (blocks kept whole), not silently replicated.
     q = base["decoder"]["layers_0"]["fc1"]["kernel"]
     assert base_s["decoder"]["layers_0"]["fc1"][
@@ -110,17 +111,6 @@ def test_bfloat16_compute_runs(model):
     bf = jax.jit(functools.partial(steps.token_stats, config=bf16))(lora, base, one)
     assert np.isfinite(float(bf["loss_sum"]))
     assert abs(float(bf["loss_sum"]) - float(f32["loss_sum"])) < 0.05 * float(f32["loss_sum"])
-
-
-def test_window_cuts_positions():
-    params = whisper.init(CONFIG, key=jax.random.key(0))
-    cut, cfg = steps.window(params, CONFIG, 0.1)
-    assert cfg.max_source_positions == 5 and cfg.n_frames == 10
-    assert cut["encoder"]["embed_positions"].shape == (5, CONFIG.d_model)
-    with pytest.raises(ValueError, match="encoder positions"):
-        steps.window(params, CONFIG, 1.0)
-    with pytest.raises(ValueError, match=r"multiple of 0\.02"):
-        steps.window(params, CONFIG, 0.015)
 
 
 def test_schedules():

@@ -10,6 +10,7 @@ import numpy as np
 from references import whisper_hf as H
 
 from pqm_jax import lora as lora_lib
+from pqm_jax.models.whisper import family as whisper_family
 from pqm_jax.models.whisper import model as whisper
 from pqm_jax.quant import tree as qtree
 
@@ -57,7 +58,7 @@ def test_zero_b_is_the_base_model_and_adapters_equal_merged_weights():
 
 def test_per_example_bank_equals_each_adapter_alone():
     params, mel, tokens = _inputs()
-    cfg = lora_lib.LoraConfig(rank=2)
+    cfg = lora_lib.LoraConfig(rank=2, targets=whisper_family.LORA_TARGETS)
     bank = lora_lib.stack(
         [_random_b(lora_lib.init(params, cfg, key=jax.random.key(s)), s) for s in range(2)]
     )
@@ -82,7 +83,7 @@ def test_nf4_everywhere_runs_and_stays_close():
 
 def test_dropout_needs_a_key_and_is_reproducible():
     params, mel, tokens = _inputs()
-    cfg = lora_lib.LoraConfig(rank=2, dropout=0.5)
+    cfg = lora_lib.LoraConfig(rank=2, dropout=0.5, targets=whisper_family.LORA_TARGETS)
     ad = _random_b(lora_lib.init(params, cfg, key=jax.random.key(0)), 3)
     plain = _logits(params, mel, tokens, ad)
     key = jax.random.key(7)
@@ -97,7 +98,9 @@ def test_dropout_needs_a_key_and_is_reproducible():
 def test_gradients_reach_only_the_adapters_of_a_quantised_model():
     params, mel, tokens = _inputs()
     q = qtree.quantize_tree(params, qtree.match_any(ALL_LINEARS[:1]), "nf4")
-    ad = lora_lib.init(q, lora_lib.LoraConfig(rank=2), key=jax.random.key(0))
+    ad = lora_lib.init(
+        q, lora_lib.LoraConfig(rank=2, targets=whisper_family.LORA_TARGETS), key=jax.random.key(0)
+    )
 
     @jax.jit
     def loss(ad, q):

@@ -14,6 +14,7 @@ from references.whisper_hf import torch
 
 from pqm_jax import lora as lora_lib
 from pqm_jax.models.whisper import decoding
+from pqm_jax.models.whisper import family as whisper_family
 from pqm_jax.quant import tree as qtree
 
 BATCH = 8
@@ -139,7 +140,7 @@ def _is_lora(x) -> bool:
 
 def _bank(params):
     """Two speakers' adapters: speaker 0 fresh (B = 0), speaker 1 with random non-zero B."""
-    cfg = lora_lib.LoraConfig(rank=4, alpha=8.0)
+    cfg = lora_lib.LoraConfig(rank=4, alpha=8.0, targets=whisper_family.LORA_TARGETS)
     zero = lora_lib.init(params, cfg, key=jax.random.key(0))
     leaves, treedef = jax.tree.flatten(lora_lib.init(params, cfg, key=jax.random.key(1)), _is_lora)
     keys = jax.random.split(jax.random.key(2), len(leaves))
