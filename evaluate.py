@@ -38,6 +38,7 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     from pqm_jax.eval import report, run
     from pqm_jax.run import config as config_lib
+    from pqm_jax.run import workdir as workdir_lib
 
     workdir = pathlib.Path(_WORKDIR.value)
     try:
@@ -46,7 +47,7 @@ def main(argv: list[str]) -> None:
 
             config = config_lib.from_dict(_CONFIG.value)
             pipeline.run_pipeline(config, workdir, progress=True)
-        if not (workdir / "config.json").is_file():
+        if not workdir_lib.Workdir(workdir).config.is_file():
             sys.exit(f"evaluate.py: {workdir} holds no run; train first (or pass --config)")
         options = run.EvalOptions(
             systems=tuple(_SYSTEMS.value),
@@ -61,7 +62,8 @@ def main(argv: list[str]) -> None:
     except (config_lib.ConfigError, KeyError, ValueError) as e:
         sys.exit(f"evaluate.py: {e}")
     print(report.markdown(rep))
-    print(f"report: {workdir / 'report.json'}, {workdir / 'report.md'}, {workdir / 'report.png'}")
+    paths = workdir_lib.Workdir(workdir)
+    print(f"report: {', '.join(str(paths.report(kind)) for kind in workdir_lib.REPORT)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,5 @@
-"""Checkpoint readers and writers: foreign formats <-> the Whisper params pytree.
+"""Adapter formats: `peft` reads and writes Hugging Face PEFT LoRA folders.
 
-Modules (import the one you need; nothing is imported eagerly):
-  hf    Hugging Face `WhisperForConditionalGeneration` (safetensors, sharded, pytorch_model.bin)
-  ct2   CTranslate2 `model.bin` (own pure-numpy reader/writer; float32/16, bfloat16, int8, int16)
-  peft  LoRA adapters <-> Hugging Face PEFT adapter folders
+Model checkpoint formats live with their family (`models.whisper.ct2`, `models.whisper.hf`,
+`models.conformer.espnet`).
 """
