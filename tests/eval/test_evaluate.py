@@ -14,6 +14,7 @@ import pytest
 from pqm_jax import lora as lora_lib
 from pqm_jax.data import issues
 from pqm_jax.eval import run
+from pqm_jax.models.whisper import decoding
 from pqm_jax.run import config as config_lib
 from pqm_jax.run import pipeline, results
 
@@ -64,9 +65,7 @@ def test_mixed_speaker_batches_equal_each_speaker_alone(trained):
     data = run.test_set(res, names, issues.default(None))
     base, cfg = res.model()
     tok = res.tokenizer()
-    opts = run.decoding.DecodeOptions(
-        prompt=tuple(tok.prompt()), eot=tok.special.eot, max_new_tokens=8
-    )
+    opts = decoding.DecodeOptions(prompt=tuple(tok.prompt()), eot=tok.special.eot, max_new_tokens=8)
     rows = np.asarray([names.index(s) for s in data.speakers], np.int32)
     # interleave speakers so every batch mixes them
     order = np.argsort(np.arange(len(rows)) % 3, kind="stable")
