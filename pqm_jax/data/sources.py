@@ -64,7 +64,7 @@ def _load_builtin() -> None:
 def names() -> tuple[str, ...]:
     """Names of every registered source."""
     _load_builtin()
-    return tuple(_SOURCES)
+    return tuple(sorted(_SOURCES))
 
 
 def get(name: str) -> Source:

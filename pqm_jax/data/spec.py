@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from pqm_jax import errors
 from pqm_jax.data import sources, synth
 
 # What synthetic voices read.
@@ -59,10 +60,12 @@ class DataSpec:
 
     def __post_init__(self):
         if self.source not in sources.names():
-            raise ValueError(
+            raise errors.ConfigError(
                 f"data.source={self.source!r} is not one of {', '.join(sources.names())}"
             )
         if self.text not in TEXTS:
-            raise ValueError(f"data.text={self.text!r} is not one of {', '.join(TEXTS)}")
+            raise errors.ConfigError(f"data.text={self.text!r} is not one of {', '.join(TEXTS)}")
         if len(self.split) != 3 or min(self.split) < 0 or sum(self.split) <= 0:
-            raise ValueError(f"data.split must be 3 non-negative fractions, got {self.split}")
+            raise errors.ConfigError(
+                f"data.split must be 3 non-negative fractions, got {self.split}"
+            )

@@ -22,6 +22,7 @@ import importlib
 import pathlib
 from typing import Any
 
+from pqm_jax import errors
 from pqm_jax.quant import base as qbase
 
 # Families shipped with the package: the module of each registers its instance on import.
@@ -55,10 +56,10 @@ class Family:
     takes_path: bool = False
 
     def check(self, spec: ModelSpec) -> None:
-        """Raises ValueError (naming the `model.*` key) for a spec this family cannot run."""
+        """Raises ConfigError (naming the `model.*` key) for a spec this family cannot run."""
         if spec.path and not self.takes_path:
             users = [m for f in families() if f.takes_path for m in f.models]
-            raise ValueError(
+            raise errors.ConfigError(
                 f"model.path is not used by model.name={spec.name!r} (only by model.name in "
                 f"{users}: a trained model folder)"
             )
@@ -235,19 +236,25 @@ class ModelSpec:
         try:
             family = get(self.name)
         except KeyError as e:
-            raise ValueError(e.args[0]) from None
+            raise errors.ConfigError(e.args[0]) from None
         schemes = ("none", *qbase.registered_schemes())
         if self.quant not in schemes:
-            raise ValueError(f"model.quant={self.quant!r} is not one of {', '.join(schemes)}")
+            raise errors.ConfigError(
+                f"model.quant={self.quant!r} is not one of {', '.join(schemes)}"
+            )
         if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"model.dtype={self.dtype!r} is not one of float32, bfloat16")
+            raise errors.ConfigError(f"model.dtype={self.dtype!r} is not one of float32, bfloat16")
         if not 0 < self.audio_window_s <= 30:
-            raise ValueError(f"model.audio_window_s must be in (0, 30], got {self.audio_window_s}")
+            raise errors.ConfigError(
+                f"model.audio_window_s must be in (0, 30], got {self.audio_window_s}"
+            )
         most = family.max_tokens
         if not 4 <= self.max_tokens <= most:
-            raise ValueError(f"model.max_tokens must be in [4, {most}], got {self.max_tokens}")
+            raise errors.ConfigError(
+                f"model.max_tokens must be in [4, {most}], got {self.max_tokens}"
+            )
         if not 0.0 <= self.ctc_weight <= 1.0:
-            raise ValueError(f"model.ctc_weight must be in [0, 1], got {self.ctc_weight}")
+            raise errors.ConfigError(f"model.ctc_weight must be in [0, 1], got {self.ctc_weight}")
         family.check(self)
 
     @property

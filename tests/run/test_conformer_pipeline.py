@@ -13,10 +13,12 @@ import pytest
 from pqm_jax import lora as lora_lib
 from pqm_jax.eval import run as eval_run
 from pqm_jax.models.conformer import decoding as conformer_decoding
+from pqm_jax.models.conformer import family as conformer_family
 from pqm_jax.models.conformer import model as conformer
 from pqm_jax.quant import base as qbase
 from pqm_jax.run import config as config_lib
 from pqm_jax.run import featurize, pipeline, pretrain, results
+from pqm_jax.run import workdir as workdir_lib
 from pqm_jax.text import char_tokenizer as inputs
 from pqm_jax.train import steps
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pqm_jax import checkpoint
+from pqm_jax import checkpoint, errors
 from pqm_jax.models import family as family_lib
 from pqm_jax.models.conformer import decoding, loss
 from pqm_jax.models.conformer import model as conformer
@@ -101,7 +101,7 @@ class ConformerFamily(family_lib.Family):
     def check(self, spec: family_lib.ModelSpec) -> None:
         super().check(spec)
         if spec.d_model % spec.heads:
-            raise ValueError("model.d_model must be divisible by model.heads")
+            raise errors.ConfigError("model.d_model must be divisible by model.heads")
 
     def check_folder(self, folder: pathlib.Path) -> None:
         if not (pathlib.Path(folder) / "model.json").is_file():

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pqm_jax import jit_cache, resources
+from pqm_jax import errors, jit_cache, resources
 from pqm_jax.models import family as family_lib
 from pqm_jax.models.whisper import ct2, decoding
 from pqm_jax.models.whisper import model as whisper
@@ -102,7 +102,7 @@ class WhisperFamily(family_lib.Family):
     def check(self, spec: family_lib.ModelSpec) -> None:
         super().check(spec)
         if spec.name == "random" and spec.d_model % spec.heads:
-            raise ValueError("model.d_model must be divisible by model.heads")
+            raise errors.ConfigError("model.d_model must be divisible by model.heads")
 
     def load(self, spec, *, seed: int, folder: pathlib.Path | None = None):
         del folder
