@@ -27,7 +27,7 @@ from pqm_jax import lora as lora_lib
 from pqm_jax import models, resources
 from pqm_jax.data import audio as audio_lib
 from pqm_jax.data import features
-from pqm_jax.models.whisper import ct2, decoding, hf
+from pqm_jax.models.whisper import decoding, hf
 from pqm_jax.models.whisper import family as whisper_family
 from pqm_jax.models.whisper import model as whisper
 from pqm_jax.quant import base
@@ -160,9 +160,9 @@ class WhisperModel:
         Returns:
           One string per utterance, in input order.
         """
-        single = isinstance(audio, str | os.PathLike) or (
-            isinstance(audio, np.ndarray | jax.Array) and audio.ndim == 1
-        )
+        # One utterance: a path, or an array of samples (mono [samples], or soundfile's
+        # multi-channel [samples, channels], downmixed); several: a list of those.
+        single = isinstance(audio, str | os.PathLike) or isinstance(audio, np.ndarray | jax.Array)
         items = [audio] if single else list(audio)
         if not items:
             return []
@@ -212,18 +212,26 @@ def _load_audio(a: AudioInput, index: int, sample_rate: int) -> np.ndarray:
     """One utterance -> mono float32 16 kHz, at most 30 s (warned when truncated)."""
     if isinstance(a, str | os.PathLike):
         path = pathlib.Path(a)
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"audio {path} (utterance {index}) is a folder: pass its files, e.g. "
+                f"sorted(pathlib.Path({str(path)!r}).glob('*.wav'))"
+            )
         if not path.is_file():
             raise FileNotFoundError(f"audio file {path} (utterance {index}) does not exist")
-        data, rate = audio_lib.decode(path)
+        try:
+            data, rate = audio_lib.decode(path)
+        except Exception as e:  # soundfile names neither the file nor the fix
+            raise ValueError(
+                f"cannot decode audio file {path} (utterance {index}): {e}; is it truncated "
+                "or in a format libsndfile does not read (WAV, FLAC, OGG, MP3)?"
+            ) from None
         clip = audio_lib.resample(data.mean(axis=1), rate)
         name = str(path)
     elif isinstance(a, np.ndarray | jax.Array):
         clip = np.asarray(a)
         name = f"utterance {index}"
-        if clip.ndim != 1:
-            raise ValueError(
-                f"{name} has shape {clip.shape}: expected mono audio [samples] (downmix first)"
-            )
+        clip = _mono(clip, name)
         if not np.issubdtype(clip.dtype, np.floating):
             raise ValueError(
                 f"{name} has dtype {clip.dtype}: expected float audio in [-1, 1] (int16 PCM: "
@@ -245,6 +253,29 @@ def _load_audio(a: AudioInput, index: int, sample_rate: int) -> np.ndarray:
         )
         clip = clip[: features.N_SAMPLES]
     return clip
+
+
+MAX_CHANNELS = 8
+
+
+def _mono(clip: np.ndarray, name: str) -> np.ndarray:
+    """[samples] as is; soundfile's [samples, channels] (at most 8 channels) averaged to mono with
+    a warning; anything else refused (a list of 1-D arrays is several utterances)."""
+    if clip.ndim == 1:
+        return clip
+    if clip.ndim == 2 and clip.shape[1] <= MAX_CHANNELS < clip.shape[0]:
+        if clip.shape[1] > 1:
+            warnings.warn(
+                f"{name} has {clip.shape[1]} channels [samples, channels]: averaged to mono",
+                pqm_jax.PQMWarning,
+                stacklevel=4,
+            )
+        return clip.mean(axis=1)
+    raise ValueError(
+        f"{name} has shape {clip.shape}: expected mono audio [samples] or soundfile's "
+        "[samples, channels]; for [channels, samples] pass x.T (or x.mean(axis=0)); for several "
+        "utterances pass a list of 1-D arrays"
+    )
 
 
 def _resolve_adapters(
@@ -295,11 +326,13 @@ def _read(name_or_path: str | os.PathLike) -> tuple[Any, whisper.WhisperConfig, 
         folder = resources.tiny_en_dir() if name == "tiny.en" else resources.base_dir()
         return params, config, folder
     path = pathlib.Path(name)
-    if path.is_dir() and ((path / "model.bin").is_file() or any(path.glob("model.bin.part*"))):
-        params, config, _ = ct2.load(path)
+    if whisper_family.folder_format(path) is not None:
+        params, config = whisper_family.read_folder(path)
         return params, config, path
-    if path.is_dir() or not path.exists():
-        folder = hf.resolve(name)  # a local HF folder, or a hub id (downloads; needs network)
+    if path.is_dir():
+        whisper_family.read_folder(path)  # raises, naming what a Whisper folder needs
+    if not path.exists():
+        folder = hf.resolve(name)  # a hub id (downloads; needs network)
         params, config, _ = hf.load(folder)
         return params, config, folder
     raise FileNotFoundError(

@@ -14,7 +14,7 @@ import optax
 
 from pqm_jax import errors, jit_cache, resources
 from pqm_jax.models import family as family_lib
-from pqm_jax.models.whisper import ct2, decoding
+from pqm_jax.models.whisper import ct2, decoding, hf
 from pqm_jax.models.whisper import model as whisper
 from pqm_jax.quant import base as qbase
 from pqm_jax.text import whisper_tokenizer
@@ -73,6 +73,41 @@ def window(params: dict, config: whisper.WhisperConfig, window_s: float) -> tupl
     return {**params, "encoder": encoder}, cut
 
 
+def folder_format(path: pathlib.Path) -> str | None:
+    """ "ct2" for a CTranslate2 folder (`model.bin` or `model.bin.part*`), "hf" for a Hugging
+    Face folder (`config.json` + `model.safetensors` or `pytorch_model.bin`, maybe sharded),
+    else None."""
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        return None
+    if (path / "model.bin").is_file() or any(path.glob("model.bin.part*")):
+        return "ct2"
+    weights = [*path.glob("model*.safetensors*"), *path.glob("pytorch_model*.bin*")]
+    if (path / "config.json").is_file() and weights:
+        return "hf"
+    return None
+
+
+def read_folder(path: pathlib.Path) -> tuple[dict, whisper.WhisperConfig]:
+    """(params, config) of a CTranslate2 or Hugging Face Whisper folder.
+
+    Raises:
+      FileNotFoundError: `path` is neither (the message says what each needs).
+    """
+    kind = folder_format(path)
+    if kind == "ct2":
+        params, cfg, _ = ct2.load(path)
+        return params, cfg
+    if kind == "hf":
+        params, cfg, _ = hf.load(path)
+        return params, cfg
+    raise FileNotFoundError(
+        f"{path} is not a Whisper folder: a CTranslate2 folder holds model.bin (or "
+        "model.bin.part*) and tokenizer.json; a Hugging Face folder holds config.json, "
+        "model.safetensors and tokenizer.json"
+    )
+
+
 def random_config(spec: family_lib.ModelSpec) -> whisper.WhisperConfig:
     """The "random" model of `spec`: its dimensions, the tiny.en vocabulary, the run's window."""
     return whisper.WhisperConfig(
@@ -98,14 +133,30 @@ class WhisperFamily(family_lib.Family):
     lora_targets = LORA_TARGETS
     quant_targets = QUANT_TARGETS
     shard_rules = SHARD_RULES
+    takes_path = True  # a CTranslate2 or Hugging Face folder instead of the packaged weights
 
     def check(self, spec: family_lib.ModelSpec) -> None:
         super().check(spec)
         if spec.name == "random" and spec.d_model % spec.heads:
             raise errors.ConfigError("model.d_model must be divisible by model.heads")
+        if spec.name == "random" and spec.path:
+            raise errors.ConfigError(
+                "model.path names real weights: use model.name='tiny.en' (or 'base') with it, "
+                "not 'random'"
+            )
+
+    def check_folder(self, folder: pathlib.Path) -> None:
+        if folder_format(folder) is None:
+            read_folder(folder)  # raises, naming what a folder needs
+        if not (pathlib.Path(folder) / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"{folder} has no tokenizer.json (copy the model's own)")
 
     def load(self, spec, *, seed: int, folder: pathlib.Path | None = None):
-        del folder
+        del folder  # a Whisper run never trains its backbone from scratch
+        if spec.path:
+            path = pathlib.Path(spec.path)
+            params, cfg = read_folder(path)
+            return params, cfg, whisper_tokenizer.load(path)
         if spec.name == "tiny.en":
             path = resources.tiny_en_dir()
             params, cfg, _ = ct2.load(path)

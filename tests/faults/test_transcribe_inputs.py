@@ -1,0 +1,65 @@
+"""`transcribe` on inputs users really pass: stereo arrays, folders, damaged files."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+import soundfile
+
+import pqm_jax
+from pqm_jax import api, resources
+from pqm_jax.models.whisper import model as whisper
+from pqm_jax.text import whisper_tokenizer
+
+
+@functools.cache
+def _model() -> api.WhisperModel:
+    cfg = whisper.WhisperConfig(
+        n_mels=80,
+        vocab_size=51864,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_heads=2,
+        decoder_heads=2,
+        encoder_ffn=64,
+        decoder_ffn=64,
+    )
+    params = whisper.init(cfg, key=jax.random.key(0), std=0.5)
+    tok = whisper_tokenizer.load(resources.tiny_en_dir())
+    return api.WhisperModel(params=params, config=cfg, tokenizer=tok)
+
+
+def _tone(seconds=0.5):
+    t = np.arange(int(seconds * 16_000)) / 16_000
+    return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+def test_soundfile_stereo_is_one_utterance_downmixed():
+    mono = _tone()
+    stereo = np.stack([mono, mono], axis=1)  # soundfile's [samples, channels]
+    m = _model()
+    with pytest.warns(pqm_jax.PQMWarning, match="2 channels .* averaged to mono"):
+        out = m.transcribe(stereo, max_new_tokens=3)
+    assert isinstance(out, str) or len(out) == 1
+    assert out == m.transcribe(mono, max_new_tokens=3)
+
+
+def test_channels_first_is_refused_with_the_fix():
+    stereo = np.stack([_tone(), _tone()])  # [2, samples]
+    with pytest.raises(ValueError, match=r"\[channels, samples\] pass x\.T"):
+        _model().transcribe(stereo, max_new_tokens=3)
+
+
+def test_a_folder_is_named_with_the_fix(tmp_path):
+    with pytest.raises(IsADirectoryError, match=r"is a folder: pass its files"):
+        _model().transcribe(str(tmp_path), max_new_tokens=3)
+
+
+def test_a_truncated_flac_names_the_file(tmp_path):
+    path = tmp_path / "cut.flac"
+    soundfile.write(path, _tone(2.0), 16_000)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(ValueError, match=r"cannot decode audio file .*cut\.flac"):
+        _model().transcribe([str(path)], max_new_tokens=3)
