@@ -28,6 +28,9 @@ _SPEAKERS = flags.DEFINE_list("speakers", None, "score only these speakers")
 _FULL = flags.DEFINE_bool(
     "full_window_baselines", True, "also score fp32 and NF4 on 30 s windows (short-window runs)"
 )
+_PARTIAL = flags.DEFINE_bool(
+    "partial", False, "score an unfinished run (the report says what is missing)"
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -57,9 +60,10 @@ def main(argv: list[str]) -> None:
             normalizer=_NORM.value,
             speakers=tuple(_SPEAKERS.value) if _SPEAKERS.value else None,
             full_window_baselines=_FULL.value,
+            partial=_PARTIAL.value,
         )
         rep = run.evaluate(workdir, options)
-    except (config_lib.ConfigError, KeyError, ValueError) as e:
+    except (config_lib.ConfigError, KeyError, ValueError, FileNotFoundError, run.IncompleteRunError) as e:
         sys.exit(f"evaluate.py: {e}")
     print(report.markdown(rep))
     paths = workdir_lib.Workdir(workdir)

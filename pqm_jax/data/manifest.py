@@ -126,6 +126,12 @@ def _parse(line: str, where: str, report: issues.InputReport) -> dict | None:
     if missing:
         report.issue(issues.Kind.BAD_RECORD, issues.Action.SKIPPED, where, f"no {missing}")
         return None
+    for key, kinds in (("path", str), ("text", str), ("speaker", str | int)):
+        value = row[key]  # "text": 12345 or ["one"] is no transcript; speaker 7 is "7"
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            detail = f"{key}={value!r} is a {type(value).__name__}, not a string"
+            report.issue(issues.Kind.BAD_RECORD, issues.Action.SKIPPED, where, detail)
+            return None
     for key in _NUMERIC:
         value = row.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):

@@ -84,6 +84,15 @@ def markdown(report: Mapping[str, Any]) -> str:
         ]
         lines.append("| " + " | ".join(row) + " |")
     notes = []
+    partial = report.get("partial")
+    if partial:
+        missing = partial.get("missing_speakers", [])
+        notes.append(
+            "PARTIAL REPORT: the run has not finished"
+            + (f"; not adapted yet: {', '.join(missing)}" if missing else "")
+            + ("; stage 2 unfinished, NF4+SI and PQM left out" if not partial.get("stage2") else "")
+            + "."
+        )
     rr = report.get("relative_wer_reduction", {})
     if rr:
         notes.append(

@@ -54,6 +54,8 @@ class EvalOptions:
       speakers: score only these adapted speakers (default: all).
       full_window_baselines: also score fp32 and NF4 on Whisper's own 30 s windows (systems
         "fp32_30s" and "nf4_30s"), when the run trained on a shorter window.
+      partial: score a run that has not finished (the report says what is missing); without
+        it an unfinished run is an `IncompleteRunError`.
     """
 
     systems: tuple[str, ...] = SYSTEMS
@@ -65,13 +67,47 @@ class EvalOptions:
     normalizer: str = "auto"
     speakers: tuple[str, ...] | None = None
     full_window_baselines: bool = False
+    partial: bool = False
 
     def __post_init__(self):
+        for name in ("beam_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         unknown = set(self.systems) - set(SYSTEMS)
         if unknown:
             raise ValueError(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
         if self.normalizer not in ("auto", "english", "digits"):
             raise ValueError(f"normalizer must be auto, english or digits, not {self.normalizer}")
+
+
+class IncompleteRunError(RuntimeError):
+    """The run has not finished: scoring it would silently leave systems or speakers out."""
+
+
+def completeness(res: results.Results, report: issues.InputReport) -> dict[str, Any] | None:
+    """None for a finished run; else {"stage2": finished?, "missing_speakers": [...]}."""
+    stage2 = res.paths.stage2_final.exists()
+    stage3 = not res.config.stage3.enabled or bool(res.manifest.get("complete"))
+    if stage2 and stage3:
+        return None
+    adapted = set(res.speakers())
+    targets = sorted(res.corpus(report).targets)
+    missing = [s for s in targets if s not in adapted] if res.config.stage3.enabled else []
+    return {"stage2": stage2, "missing_speakers": missing}
+
+
+def _incomplete_message(workdir: Any, state: dict[str, Any]) -> str:
+    missing = state["missing_speakers"]
+    what = "stage 2 has not finished" if not state["stage2"] else "stage 3 has not finished"
+    if missing:
+        what += f" ({len(missing)} speakers not adapted: {', '.join(missing[:8])}"
+        what += ", ...)" if len(missing) > 8 else ")"
+    return (
+        f"{workdir}: the run is incomplete: {what}; rerun the same train.py command to resume "
+        "it, or pass --partial to score what is there"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,8 +216,15 @@ def evaluate(
     t0 = time.time()
     report = issues.default(report)
     res = results.load(workdir)
+    norm = normalizer_for(res, options.normalizer)
+    if norm is normalize.normalize_english:
+        normalize.english_normalizer()  # a missing spelling map fails now, not after decoding
+    state = completeness(res, report)
+    if state is not None and not options.partial:
+        raise IncompleteRunError(_incomplete_message(workdir, state))
     adapted = res.speakers()
-    wanted = [s for s in options.systems if s != "pqm" or adapted]
+    unavailable = {"nf4_si", "pqm"} if state is not None and not state["stage2"] else set()
+    wanted = [s for s in options.systems if (s != "pqm" or adapted) and s not in unavailable]
     if "pqm" in options.systems and not adapted:
         print("evaluate: no adapted speaker (stage 3 has not run): PQM is left out")
     speakers = list(options.speakers or adapted or sorted(res.corpus(report).targets))
@@ -194,7 +237,6 @@ def evaluate(
     mc = res.config.model
     family = mc.family
     dopts = decode_options(res, options)
-    norm = normalizer_for(res, options.normalizer)
     hyps: dict[str, list[str]] = {}
     sizes: dict[str, int] = {}
     kw = {"config": cfg, "options": dopts, "tokenizer": tok, "batch_size": options.batch_size}
@@ -261,6 +303,7 @@ def evaluate(
             "test_utterances": len(data.refs),
             "speakers": speakers,
             "input_issues": report.summary(),
+            "partial": state if state is not None else False,
             "seconds": round(time.time() - t0, 1),
         },
     )
