@@ -28,6 +28,7 @@ _SPEAKERS = flags.DEFINE_list("speakers", None, "score only these speakers")
 _FULL = flags.DEFINE_bool(
     "full_window_baselines", True, "also score fp32 and NF4 on 30 s windows (short-window runs)"
 )
+_STRICT = flags.DEFINE_bool("strict", False, "stop at the first bad input item")
 _PARTIAL = flags.DEFINE_bool(
     "partial", False, "score an unfinished run (the report says what is missing)"
 )
@@ -39,6 +40,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    from pqm_jax.data import issues
     from pqm_jax.eval import report, run
     from pqm_jax.run import config as config_lib
     from pqm_jax.run import workdir as workdir_lib
@@ -62,10 +64,19 @@ def main(argv: list[str]) -> None:
             full_window_baselines=_FULL.value,
             partial=_PARTIAL.value,
         )
-        rep = run.evaluate(workdir, options)
-    except (config_lib.ConfigError, KeyError, ValueError, FileNotFoundError, run.IncompleteRunError) as e:
+        problems = issues.InputReport(strict=_STRICT.value)
+        rep = run.evaluate(workdir, options, report=problems)
+    except (
+        config_lib.ConfigError,
+        KeyError,
+        ValueError,
+        FileNotFoundError,
+        run.IncompleteRunError,
+        issues.InputError,
+    ) as e:
         sys.exit(f"evaluate.py: {e}")
     print(report.markdown(rep))
+    print(f"input: {problems.summary()}")
     paths = workdir_lib.Workdir(workdir)
     print(f"report: {', '.join(str(paths.report(kind)) for kind in workdir_lib.REPORT)}")
 

@@ -19,6 +19,7 @@ from pqm_jax import cli
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file of the run")
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for checkpoints, metrics and results")
 _PROGRESS = flags.DEFINE_bool("progress", True, "show progress bars")
+_STRICT = flags.DEFINE_bool("strict", False, "stop at the first bad input item (= data.strict)")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,15 +28,21 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    from pqm_jax.data import issues
     from pqm_jax.run import config as config_lib
     from pqm_jax.run import pipeline
 
     try:
-        config = config_lib.from_dict(_CONFIG.value)
+        values = _CONFIG.value.to_dict()
+        if _STRICT.value:
+            values.setdefault("data", {})["strict"] = True
+        config = config_lib.from_dict(values)
         pipeline.init_distributed(config.distributed)
         summary = pipeline.run_pipeline(config, _WORKDIR.value, progress=_PROGRESS.value)
     except config_lib.ConfigError as e:
         sys.exit(f"train.py: bad config: {e}")
+    except issues.InputError as e:
+        sys.exit(f"train.py: bad input: {e}; fix or remove it (or run without --strict)")
     stage3 = summary["stage3"] or {}
     speakers = stage3.get("speakers", {})
     print(f"stage 2: {json.dumps(summary['stage2'])}")
@@ -44,6 +51,7 @@ def main(argv: list[str]) -> None:
             f"stage 3: {name}: dev token accuracy {row['start_dev_accuracy']:.4f} -> "
             f"{row['best_dev_accuracy']:.4f} (best at step {row['best_step']} of {row['steps']})"
         )
+    print(f"input: {summary['input_problems']}")
     print(f"results in {_WORKDIR.value}")
 
 

@@ -92,7 +92,8 @@ def init(params: Any, config: LoraConfig, *, key: jax.Array) -> dict:
     its path, so adding a target never changes the others' initialisation.
 
     Raises:
-      ValueError: when no module matches (a typo in `targets` would otherwise train nothing).
+      ValueError: when no module matches (a typo in `targets` would otherwise train nothing),
+        or when `rank` exceeds a matched layer's width.
     """
     if not config.targets:
         raise ValueError(
@@ -105,6 +106,11 @@ def init(params: Any, config: LoraConfig, *, key: jax.Array) -> dict:
         if not match(path):
             continue
         d_in, d_out = kernel.shape
+        if config.rank > min(d_in, d_out):
+            raise ValueError(
+                f"LoRA rank {config.rank} exceeds the width of {path} ({d_in} x {d_out}): the "
+                f"update cannot have rank above {min(d_in, d_out)}; lower lora.rank"
+            )
         k = jax.random.fold_in(key, zlib.crc32(path.encode()))
         bound = 1.0 / math.sqrt(d_in)
         a = jax.random.uniform(k, (d_in, config.rank), jnp.float32, -bound, bound)

@@ -36,6 +36,8 @@ class DataSpec:
       text: what synthetic voices read: "sentences" (LibriSpeech text) or "digits" (runs of
         four digit words, as FSDD's joined utterances).
       seed: data seed (voices, splits, sentence choice).
+      strict: stop at the first bad input item (corrupt audio, empty transcript, ...) with an
+        `InputError` naming it, instead of warning, counting and skipping it.
     """
 
     source: str = "synth"
@@ -57,6 +59,7 @@ class DataSpec:
     fsdd_counts: tuple[int, int, int] = (80, 20, 50)
     text: str = "sentences"
     seed: int = 0
+    strict: bool = False
 
     def __post_init__(self):
         if self.source not in sources.names():

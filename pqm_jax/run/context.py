@@ -24,6 +24,11 @@ class SimulatedFailure(RuntimeError):
     """Raised by `debug.fail_after_steps` (tests of resumption)."""
 
 
+def input_report(config: config_lib.RunConfig) -> issues.InputReport:
+    """Where a run reports bad input: strict (raise at the first) with `data.strict`."""
+    return issues.InputReport(strict=config.data.strict)
+
+
 def key(config: config_lib.RunConfig, purpose: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(config.seed), purpose)
 

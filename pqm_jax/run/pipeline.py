@@ -19,7 +19,6 @@ import jax
 from pqm_jax import lora as lora_lib
 from pqm_jax import sharding
 from pqm_jax.data import corpus as corpus_lib
-from pqm_jax.data import issues
 from pqm_jax.run import backbone, context, metrics, pretrain, stages
 from pqm_jax.run import config as config_lib
 from pqm_jax.run import workdir as workdir_lib
@@ -98,7 +97,7 @@ def setup(
         base_shardings=shardings,
         step_config=context.step_config(config, cfg, pretraining=False),
         tokenizer=tokenizer,
-        store=context.store(config, wd, cfg.n_mels, issues.InputReport()),
+        store=context.store(config, wd, cfg.n_mels, context.input_report(config)),
         writer=metrics.MetricsWriter(wd, enabled=jax.process_index() == 0),
         progress=progress,
     )
@@ -116,7 +115,8 @@ def run_pipeline(
     """Runs (or resumes) [pretrain ->] quantise -> stage 2 -> stage 3 in `workdir`.
 
     Returns:
-      a summary: {"stage2": info, "stage3": manifest} as written to disk.
+      a summary: {"stage2": info, "stage3": manifest} as written to disk, and
+      "input_problems" (the bad input items found, `InputReport.summary`).
 
     Raises:
       ConfigError: for a configuration that cannot run (named key).
@@ -139,4 +139,4 @@ def run_pipeline(
         run.writer.close()
     if jax.process_index() == 0:
         metrics.plot(wd)
-    return {"stage2": info, "stage3": manifest}
+    return {"stage2": info, "stage3": manifest, "input_problems": run.store.report.summary()}

@@ -17,7 +17,6 @@ import jax
 
 from pqm_jax import checkpoint, sharding
 from pqm_jax.data import corpus as corpus_lib
-from pqm_jax.data import issues
 from pqm_jax.models import family as family_lib
 from pqm_jax.run import config as config_lib
 from pqm_jax.run import context, metrics, stages
@@ -55,7 +54,7 @@ def train(
       the training info (steps, best step, best dev token accuracy).
     """
     spec, family = config.model, config.model.family
-    report = issues.InputReport()
+    report = context.input_report(config)
     writer = metrics.MetricsWriter(workdir, enabled=jax.process_index() == 0)
     try:
         corpus = corpus_lib.build(config.data, workdir.data, report=report)
