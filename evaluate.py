@@ -73,6 +73,7 @@ def main(argv: list[str]) -> None:
         FileNotFoundError,
         run.IncompleteRunError,
         issues.InputError,
+        workdir_lib.WorkdirLocked,
     ) as e:
         sys.exit(f"evaluate.py: {e}")
     print(report.markdown(rep))

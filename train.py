@@ -29,8 +29,10 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     from pqm_jax.data import issues
+    from pqm_jax.quant import tree as qtree
     from pqm_jax.run import config as config_lib
-    from pqm_jax.run import pipeline
+    from pqm_jax.run import pipeline, stages
+    from pqm_jax.run import workdir as workdir_lib
 
     try:
         values = _CONFIG.value.to_dict()
@@ -41,6 +43,8 @@ def main(argv: list[str]) -> None:
         summary = pipeline.run_pipeline(config, _WORKDIR.value, progress=_PROGRESS.value)
     except config_lib.ConfigError as e:
         sys.exit(f"train.py: bad config: {e}")
+    except (workdir_lib.WorkdirLocked, stages.NonFiniteLoss, qtree.NonFiniteWeights) as e:
+        sys.exit(f"train.py: {e}")
     except issues.InputError as e:
         sys.exit(f"train.py: bad input: {e}; fix or remove it (or run without --strict)")
     stage3 = summary["stage3"] or {}

@@ -369,6 +369,7 @@ def load_model(
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
     params, config, folder = _read(name_or_path)
+    qtree.check_finite(params, os.fspath(name_or_path))
     params = jax.tree.map(jnp.asarray, params)
     if quant is not None:
         params = quantize_params(params, quant)

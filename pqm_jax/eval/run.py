@@ -31,6 +31,7 @@ from pqm_jax.eval import report as report_lib
 from pqm_jax.eval import wer
 from pqm_jax.quant import tree as qtree
 from pqm_jax.run import results
+from pqm_jax.run import workdir as workdir_lib
 from pqm_jax.text import normalize
 
 SYSTEMS = ("fp32", "nf4", "nf4_si", "pqm")
@@ -212,10 +213,20 @@ def evaluate(
 
     Returns:
       The report dict (see `pqm_jax.eval.report.build`).
+
+    Raises:
+      IncompleteRunError: the run has not finished (and `options.partial` is off).
+      WorkdirLocked: another process is running on `workdir`.
     """
-    t0 = time.time()
-    report = issues.default(report)
     res = results.load(workdir)
+    with workdir_lib.lock(res.paths):
+        return _evaluate(res, workdir, options, issues.default(report))
+
+
+def _evaluate(
+    res: results.Results, workdir: Any, options: EvalOptions, report: issues.InputReport
+) -> dict:
+    t0 = time.time()
     norm = normalizer_for(res, options.normalizer)
     if norm is normalize.normalize_english:
         normalize.english_normalizer()  # a missing spelling map fails now, not after decoding

@@ -98,6 +98,26 @@ def quantize_tree(
     return jax.tree_util.tree_map_with_path(visit, params, is_leaf=base.is_quantized)
 
 
+class NonFiniteWeights(ValueError):
+    """A model's weights hold NaN or inf."""
+
+
+def check_finite(params: Any, source: str) -> None:
+    """Raises NonFiniteWeights naming the first tensor of `params` that holds NaN or inf (weights of
+    `source`), before anything quantises or trains on it. Quantised leaves are skipped."""
+    flat = jax.tree_util.tree_flatten_with_path(params, is_leaf=base.is_quantized)[0]
+    for path, leaf in flat:
+        if base.is_quantized(leaf) or isinstance(leaf, jax.core.Tracer):
+            continue
+        arr = np.asarray(leaf)
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            raise NonFiniteWeights(
+                f"{source}: tensor {path_str(path)} {arr.shape} holds {bad} NaN/inf value(s); "
+                "the checkpoint is damaged or was saved from a diverged run"
+            )
+
+
 def dequantize_tree(params: Any, dtype: Any = jnp.float32) -> Any:
     """Every quantised leaf replaced by its dense array."""
     return jax.tree.map(

@@ -19,7 +19,9 @@ def load(config: config_lib.RunConfig, workdir: workdir_lib.Workdir) -> tuple[di
     """Full-precision (params, model config, tokenizer) of `config.model` (nothing downloads);
     a model this run trained from scratch is read from `<workdir>/pretrain`."""
     spec = config.model
-    return spec.family.load(spec, seed=config.seed, folder=workdir.pretrain)
+    params, cfg, tokenizer = spec.family.load(spec, seed=config.seed, folder=workdir.pretrain)
+    qtree.check_finite(params, spec.path or spec.name)
+    return params, cfg, tokenizer
 
 
 def quantize(params: dict, spec: family_lib.ModelSpec) -> dict:

@@ -9,6 +9,7 @@ family of `model.name` (`pqm_jax.models`) loads, cuts and trains it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -121,9 +122,20 @@ def run_pipeline(
     Raises:
       ConfigError: for a configuration that cannot run (named key).
       SimulatedFailure: from the `debug.fail_after_steps` hook.
+      WorkdirLocked: another process is running on `workdir`.
     """
     wd = workdir_lib.Workdir.of(workdir)
     pretrain.check_path(config.model)
+    try:  # a mesh the devices cannot hold fails before anything is written
+        sharding.make_mesh(config.mesh)
+    except ValueError as e:
+        raise config_lib.ConfigError(str(e)) from None
+    holder = workdir_lib.lock(wd) if jax.process_index() == 0 else contextlib.nullcontext()
+    with holder:
+        return _run(config, wd, progress=progress)
+
+
+def _run(config: config_lib.RunConfig, wd: workdir_lib.Workdir, *, progress: bool) -> dict:
     check_workdir(config, wd)
     if pretrain.needed(config, wd):
         pretrain.train(config, wd, progress=progress)

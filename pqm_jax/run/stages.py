@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import warnings
@@ -57,6 +58,18 @@ def _dev_accuracy(run, eval_fn, lora, dev: ex.Examples | None, batch: int) -> fl
         correct += float(stats["correct"])
         tokens += float(stats["tokens"])
     return correct / max(tokens, 1.0)
+
+
+class NonFiniteLoss(FloatingPointError):
+    """Training diverged (NaN/inf loss); the last checkpoint before it is kept."""
+
+
+def _check_loss(stage: str, step: int, loss: float, who: str = "") -> None:
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(
+            f"{stage} step {step}{who}: the loss is {loss}; stopped (the last checkpoint is "
+            f"kept). Lower {stage}.optim.learning_rate, or check the weights and the data"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +188,7 @@ def train_tree(
         tree, opt_state, m = step_fn(tree, opt_state, run.base, batch, jnp.int32(step), key)
         step += 1
         m = {k: float(v) for k, v in jax.device_get(m).items()}
+        _check_loss(sched.name, step, m["loss"])
         run.writer.write(sched.name, step, m, epoch=(step - 1) // per_epoch)
         bar.update(1)
         bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.3f}", lr=f"{m['lr']:.1e}")
@@ -329,6 +343,10 @@ def _run_chunk(run, index, chunk, init_lora, data, series, programs, config, key
         chunk_step = int(state.tracker["step"].max())
         trained = m["trained"].astype(bool)
         loss = float(np.mean(m["loss"][trained])) if trained.any() else float("nan")
+        diverged = np.flatnonzero(trained & ~np.isfinite(m["loss"]))
+        bad = [state.speakers[i] for i in diverged if i < len(state.speakers)]
+        if bad:
+            _check_loss("stage3", chunk_step, float("nan"), f" (speakers {', '.join(bad)})")
         run.writer.write(
             "stage3",
             index * _CHUNK_STEPS + chunk_step,

@@ -17,9 +17,17 @@ report.json/.md/.png, transcripts.jsonl    the evaluation
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
+import json
 import os
 import pathlib
+import socket
+import sys
+import time
+from collections.abc import Iterator
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -27,6 +35,11 @@ TENSORBOARD = "tb"
 METRICS_PLOT = "metrics.png"
 REPORT = {"json": "report.json", "md": "report.md", "png": "report.png"}
 TRANSCRIPTS = "transcripts.jsonl"
+LOCK = ".lock"
+
+
+class WorkdirLocked(RuntimeError):
+    """Another process is running on this work folder."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +106,53 @@ class Workdir:
     @property
     def transcripts(self) -> pathlib.Path:
         return self.root / TRANSCRIPTS
+
+    @property
+    def lock_file(self) -> pathlib.Path:
+        return self.root / LOCK
+
+
+@contextlib.contextmanager
+def lock(workdir: Workdir) -> Iterator[None]:
+    """Holds the work folder for this process while the block runs (an exclusive `flock` on
+    `<root>/.lock`, released when the process ends, even by kill -9).
+
+    Raises:
+      WorkdirLocked: another process holds it; the message says which (pid, host, command).
+    """
+    workdir.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(workdir.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise WorkdirLocked(
+                f"{workdir.root} is in use by {_holder(workdir)}; wait for it to finish, or "
+                "use another --workdir"
+            ) from None
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": " ".join(os.path.basename(a) for a in sys.argv[:1]) or "python",
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _holder(workdir: Workdir) -> str:
+    try:
+        h = json.loads(workdir.lock_file.read_text() or "{}")
+    except (OSError, ValueError):
+        return "another process"
+    if not h:
+        return "another process"
+    return f"pid {h.get('pid')} on {h.get('host')} ({h.get('command')}, since {h.get('since')})"
 
 
 def chunk_name(index: int) -> str:
