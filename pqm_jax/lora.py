@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import zlib
 from typing import Any
 
@@ -56,6 +57,11 @@ class LoraConfig:
             raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        for t in self.targets:
+            try:
+                re.compile(t)
+            except re.error as e:
+                raise ValueError(f"LoRA target {t!r} is not a regular expression: {e}") from None
 
     def with_targets(self, default: tuple[str, ...]) -> LoraConfig:
         """This config, with `default` as its targets when it names none."""

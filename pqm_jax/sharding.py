@@ -44,6 +44,11 @@ class MeshConfig:
     def __post_init__(self):
         if self.model < 1 or self.data == 0 or self.data < -1:
             raise ValueError(f"mesh sizes must be positive (data may be -1), got {self}")
+        for pattern, _ in self.base_rules:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"mesh.base_rules pattern {pattern!r}: {e}") from None
 
     def with_rules(self, default: tuple) -> MeshConfig:
         """This config, with `default` as its base rules when it names none."""

@@ -24,6 +24,14 @@ class DataWarning(pqm_jax.PQMWarning):
     """An utterance left out of training (e.g. its transcript is longer than max_tokens)."""
 
 
+def _stamp(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return "-"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 class FeatureStore:
     """Log-mel windows [n_mels, 100 x window_s] of entries, cached under `folder`.
 
@@ -52,7 +60,9 @@ class FeatureStore:
         )
 
     def path(self, entry: corpora.Entry) -> pathlib.Path:
-        spans = ";".join(f"{s.path}:{s.start_s}:{s.end_s}" for s in entry.segments)
+        """The cache file of `entry`: keyed on its spans, window, mel bins and each audio file's
+        size and modification time, so a file that changes (a damaged one fixed) is read anew."""
+        spans = ";".join(f"{s.path}:{s.start_s}:{s.end_s}:{_stamp(s.path)}" for s in entry.segments)
         key = f"{entry.utt_id}|{spans}|{entry.gap_s}|{self.window_s}|{self.n_mels}"
         digest = hashlib.sha1(key.encode()).hexdigest()[:20]
         return self.folder / digest[:2] / f"{digest}.npz"

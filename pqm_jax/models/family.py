@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pathlib
+import re
 from typing import Any
 
 from pqm_jax import errors
@@ -255,6 +256,13 @@ class ModelSpec:
             )
         if not 0.0 <= self.ctc_weight <= 1.0:
             raise errors.ConfigError(f"model.ctc_weight must be in [0, 1], got {self.ctc_weight}")
+        for t in self.quant_targets:
+            try:
+                re.compile(t)
+            except re.error as e:
+                raise errors.ConfigError(
+                    f"model.quant_targets entry {t!r} is not a regular expression: {e}"
+                ) from None
         family.check(self)
 
     @property

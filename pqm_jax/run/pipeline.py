@@ -52,7 +52,7 @@ def check_workdir(config: config_lib.RunConfig, workdir: str | os.PathLike) -> N
     wd = workdir_lib.Workdir.of(workdir)
     current = config_lib.to_dict(config)
     if wd.config.is_file():
-        previous = json.loads(wd.config.read_text())
+        previous = workdir_lib.read_config(wd)
         diffs = _diff(
             {k: v for k, v in previous.items() if k not in _VOLATILE},
             {k: v for k, v in current.items() if k not in _VOLATILE},

@@ -114,6 +114,4 @@ class Results:
 def load(workdir: str | os.PathLike) -> Results:
     """A handle on the run in `workdir` (its config.json must exist)."""
     paths = workdir_lib.Workdir.of(workdir)
-    if not paths.config.is_file():
-        raise FileNotFoundError(f"{paths.root} holds no run (no config.json)")
-    return Results(paths=paths, config=config_lib.from_dict(json.loads(paths.config.read_text())))
+    return Results(paths=paths, config=config_lib.from_dict(workdir_lib.read_config(paths)))

@@ -29,6 +29,8 @@ import sys
 import time
 from collections.abc import Iterator
 
+from pqm_jax import errors
+
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tb"
@@ -153,6 +155,28 @@ def _holder(workdir: Workdir) -> str:
     if not h:
         return "another process"
     return f"pid {h.get('pid')} on {h.get('host')} ({h.get('command')}, since {h.get('since')})"
+
+
+def read_config(workdir: Workdir) -> dict:
+    """The run's `config.json` as a dict.
+
+    Raises:
+      FileNotFoundError: the folder holds no run.
+      ConfigError: the file is damaged (names it, the position and the fix).
+    """
+    path = workdir.config
+    if not path.is_file():
+        raise FileNotFoundError(f"{workdir.root} holds no run (no {CONFIG})")
+    try:
+        values = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise errors.ConfigError(
+            f"{path} is damaged ({e}); it records the run's configuration: restore it, or "
+            "start again in a new --workdir"
+        ) from None
+    if not isinstance(values, dict):
+        raise errors.ConfigError(f"{path} holds {type(values).__name__}, not a configuration")
+    return values
 
 
 def chunk_name(index: int) -> str:
