@@ -13,12 +13,14 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import warnings
 from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from pqm_jax import checkpoint, sharding
 from pqm_jax.data import feature_store
@@ -96,10 +98,16 @@ def stage2(
     final = run.workdir.stage2_final
     rep = sharding.tree_replicated(init_lora, run.mesh)
     if final.exists():
-        out = checkpoint.restore(
-            final, {"lora": sharding.abstract(init_lora, rep), "info": checkpoint.Json()}
-        )
-        return out["lora"], out["info"]
+        try:
+            out = checkpoint.restore(
+                final, {"lora": sharding.abstract(init_lora, rep), "info": checkpoint.Json()}
+            )
+            return out["lora"], out["info"]
+        except (checkpoint.CorruptCheckpointError, KeyError) as e:
+            warnings.warn(
+                f"training stage 2 again: {e}", checkpoint.CheckpointWarning, stacklevel=2
+            )
+            _remove(final)
     spec = run.config.stage2
     if not spec.enabled:
         info = {"trained": False, "steps": 0, "best_dev_accuracy": None}
@@ -235,6 +243,14 @@ def speaker_data(run: context.Run, corpus: corpus_lib.Corpus) -> dict[str, adapt
     return data
 
 
+def _remove(path: pathlib.Path) -> None:
+    """Deletes a damaged result folder (process 0; the others wait) so it can be redone."""
+    if jax.process_index() == 0 and path.exists():
+        shutil.rmtree(path)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"removed {path}")
+
+
 def _write_json(path: pathlib.Path, value: Any) -> None:
     if jax.process_index() != 0:
         return
@@ -250,9 +266,11 @@ def _finished(run: context.Run, index: int, chunk: tuple[str, ...]) -> list[dict
     if not path.exists():
         return None
     try:
+        checkpoint.verify(path)  # every speaker's files, not only the results
         rows = checkpoint.restore(path, {"results": checkpoint.Json()})["results"]
-    except checkpoint.CorruptCheckpointError as e:
+    except (checkpoint.CorruptCheckpointError, KeyError) as e:
         warnings.warn(f"redoing chunk {index}: {e}", checkpoint.CheckpointWarning, stacklevel=2)
+        _remove(path)
         return None
     if tuple(r["speaker"] for r in rows) != chunk:
         raise RuntimeError(f"{path} holds other speakers than planned; use a fresh workdir")

@@ -1,0 +1,66 @@
+"""Finished results damaged on disk are found on the next run and redone, nothing more."""
+
+import pathlib
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from pqm_jax import checkpoint
+from pqm_jax.run import config as config_lib
+from pqm_jax.run import pipeline, results, workdir
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _tiny():
+    return config_lib.from_dict(config_lib.load_file(ROOT / "configs" / "tiny_test.py"))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("finished")
+    pipeline.run_pipeline(_tiny(), wd, progress=False)
+    res = results.load(wd)
+    return wd, {s: res.speaker_lora(s) for s in res.speakers()}, res.si_lora()
+
+
+def _same(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _copy(finished, tmp_path):
+    wd = tmp_path / "run"
+    shutil.copytree(finished[0], wd)
+    return wd, workdir.Workdir(wd)
+
+
+def test_a_deleted_bank_file_redoes_its_chunk(finished, tmp_path):
+    wd, paths = _copy(finished, tmp_path)
+    victim = next(p for p in sorted((paths.chunk(0) / "s0000").rglob("*")) if p.is_file())
+    victim.unlink()
+    with pytest.warns(checkpoint.CheckpointWarning, match=r"redoing chunk 0: .* is missing"):
+        pipeline.run_pipeline(_tiny(), wd, progress=False)
+    res = results.load(wd)
+    for s, lora in finished[1].items():
+        _same(res.speaker_lora(s), lora)  # the redone chunk trains to the same adapters
+
+
+def test_damaged_chunk_results_are_redone_not_a_file_exists_error(finished, tmp_path):
+    wd, paths = _copy(finished, tmp_path)
+    f = next(p for p in sorted((paths.chunk(1) / "results").rglob("*")) if p.is_file())
+    f.write_bytes(b"garbage")
+    with pytest.warns(checkpoint.CheckpointWarning, match="redoing chunk 1"):
+        pipeline.run_pipeline(_tiny(), wd, progress=False)
+    assert checkpoint.is_valid(paths.chunk(1))
+
+
+def test_a_damaged_stage2_result_is_trained_again(finished, tmp_path):
+    wd, paths = _copy(finished, tmp_path)
+    f = next(p for p in sorted(paths.stage2_final.rglob("*")) if p.is_file() and p.stat().st_size)
+    f.write_bytes(f.read_bytes()[:-1])
+    with pytest.warns(checkpoint.CheckpointWarning, match="training stage 2 again"):
+        pipeline.run_pipeline(_tiny(), wd, progress=False)
+    _same(results.load(wd).si_lora(), finished[2])
