@@ -65,6 +65,16 @@ def from_entries(
     return Corpus(targets=targets, si_train=si_train, si_dev=si_dev)
 
 
+def check_roots(spec: spec_lib.DataSpec, what: str) -> None:
+    """ConfigError naming `data.root` / `data.si_root` when a given one does not exist."""
+    if not spec.root:
+        raise errors.ConfigError(f"data.root must name {what}")
+    for key in ("root", "si_root"):
+        value = getattr(spec, key)
+        if value and not pathlib.Path(value).exists():
+            raise errors.ConfigError(f"data.{key}={value!r} does not exist (it should be {what})")
+
+
 def pick(items: list, n: int, seed: int, tag: str) -> list:
     if n <= 0 or n >= len(items):
         return items

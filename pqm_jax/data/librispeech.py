@@ -7,7 +7,6 @@ import os
 import pathlib
 from collections.abc import Iterator
 
-from pqm_jax import errors
 from pqm_jax.data import corpora, corpus, issues, sources
 from pqm_jax.text import transcripts as text
 
@@ -119,8 +118,7 @@ def build_corpus(spec, data_dir: pathlib.Path, report: issues.InputReport) -> co
     """The "librispeech" source: `spec.split` of each target speaker of `spec.root`; the stage-2
     pool from `spec.si_root` (or the other speakers of `spec.root`)."""
     del data_dir
-    if not spec.root:
-        raise errors.ConfigError("data.root must name a LibriSpeech subset folder")
+    corpus.check_roots(spec, "a LibriSpeech subset folder")
     entries = list_entries(spec.root, report=report)
     pool_entries = list_entries(spec.si_root, report=report) if spec.si_root else entries
     return corpus.from_entries(spec, entries, pool_entries, report)

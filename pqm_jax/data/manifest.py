@@ -13,7 +13,6 @@ import os
 import pathlib
 from collections.abc import Iterable, Iterator
 
-from pqm_jax import errors
 from pqm_jax.data import audio, corpora, corpus, issues, sources, speakers
 
 REQUIRED = ("path", "text", "speaker")
@@ -144,8 +143,7 @@ def build_corpus(spec, data_dir: pathlib.Path, report: issues.InputReport) -> co
     """The "manifest" source: rows' own "split" fields when every chosen row has one, else
     `spec.split`; the stage-2 pool from `spec.si_root` (or the other speakers of `spec.root`)."""
     del data_dir
-    if not spec.root:
-        raise errors.ConfigError("data.root must name a manifest.jsonl")
+    corpus.check_roots(spec, "a manifest.jsonl")
     entries = list_entries(spec.root, report=report)
     pool_entries = list_entries(spec.si_root, report=report) if spec.si_root else entries
     chosen = [e for e in entries if not spec.speakers or e.speaker in set(spec.speakers)]

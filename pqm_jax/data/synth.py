@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import soundfile
 
+from pqm_jax import errors
 from pqm_jax.data import audio, corpus, espeak, issues, manifest, sources, speakers
 from pqm_jax.text import transcripts as text
 
@@ -304,12 +305,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(report.summary())
 
 
+def check_voices(voices: Sequence[Voice]) -> None:
+    """ConfigError naming `data.voices` for a voice espeak-ng does not have."""
+    eng = espeak.engine()
+    for v in voices:
+        try:
+            eng.check_voice(v.name)
+        except ValueError as e:
+            raise errors.ConfigError(
+                f"data.voices: {e}; voices look like en-us, en-gb-scotland, en-029, en-us+f2 "
+                "(`espeak-ng --voices=en` lists them)"
+            ) from None
+
+
 def build_corpus(spec, data_dir: pathlib.Path, report: issues.InputReport) -> corpus.Corpus:
     """The "synth" source: `spec.voices` as target speakers (adapt/dev/test counts), plus
     `spec.si_voices` sampled voices as the stage-2 pool, rendered into `data_dir/synth` (or
     `spec.root`)."""
     out = pathlib.Path(spec.root) if spec.root else pathlib.Path(data_dir) / "synth"
     voices = [Voice(v) for v in spec.voices]
+    check_voices(voices)
     names = {v.speaker for v in voices}
     pool = [
         v

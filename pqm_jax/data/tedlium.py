@@ -10,7 +10,6 @@ import os
 import pathlib
 from collections.abc import Iterator
 
-from pqm_jax import errors
 from pqm_jax.data import corpora, corpus, issues, sources
 
 IGNORE = "ignore_time_segment_in_scoring"
@@ -148,8 +147,7 @@ def build_corpus(spec, data_dir: pathlib.Path, report: issues.InputReport) -> co
     """The "tedlium" source: `spec.split` of each target speaker of `spec.root`; the stage-2
     pool from `spec.si_root` (or the other speakers of `spec.root`)."""
     del data_dir
-    if not spec.root:
-        raise errors.ConfigError("data.root must name a TED-LIUM folder (stm/ and sph/)")
+    corpus.check_roots(spec, "a TED-LIUM folder (stm/ and sph/)")
     entries = list_entries(spec.root, report=report)
     pool_entries = list_entries(spec.si_root, report=report) if spec.si_root else entries
     return corpus.from_entries(spec, entries, pool_entries, report)

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -44,10 +45,11 @@ def init_distributed(spec: config_lib.DistributedSpec) -> None:
 
 
 def check_workdir(config: config_lib.RunConfig, workdir: str | os.PathLike) -> None:
-    """Writes `config.json`, or checks that a resumed run uses the same configuration.
+    """Writes `config.json`, or checks that a resumed run uses the same configuration (a
+    folder whose run failed before training, e.g. on a late config error, is taken over).
 
     Raises:
-      ConfigError: the work folder holds a run with a different configuration.
+      ConfigError: the work folder holds a run with a different configuration that trained.
     """
     wd = workdir_lib.Workdir.of(workdir)
     current = config_lib.to_dict(config)
@@ -57,12 +59,18 @@ def check_workdir(config: config_lib.RunConfig, workdir: str | os.PathLike) -> N
             {k: v for k, v in previous.items() if k not in _VOLATILE},
             {k: v for k, v in current.items() if k not in _VOLATILE},
         )
-        if diffs:
+        if diffs and wd.started():
             raise config_lib.ConfigError(
                 f"{wd.root} holds a run with another configuration ({'; '.join(diffs[:5])}); "
                 "use a new --workdir or the same config"
             )
-    elif jax.process_index() == 0:
+        if not diffs:
+            return
+        # A configuration that never trained does not own the folder: take it over, and drop
+        # the quantised base it may have cached (it may belong to another model).
+        if jax.process_index() == 0 and wd.ckpt("base").exists():
+            shutil.rmtree(wd.ckpt("base"))
+    if jax.process_index() == 0:
         wd.root.mkdir(parents=True, exist_ok=True)
         tmp = wd.config.with_suffix(".tmp")
         tmp.write_text(json.dumps(current, indent=1))

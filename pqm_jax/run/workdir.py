@@ -113,6 +113,14 @@ class Workdir:
     def lock_file(self) -> pathlib.Path:
         return self.root / LOCK
 
+    def started(self) -> bool:
+        """True once training has written anything (a checkpoint or a result): from then on
+        the folder belongs to its configuration. The quantised base alone (`ckpt/base`) is a
+        cache of the model, not training."""
+        trained = [self.ckpt(n) for n in ("pretrain", "stage2", "stage3")]
+        trained += [self.pretrain, self.stage2_final.parent, self.bank.parent]
+        return any(p.exists() for p in trained)
+
 
 @contextlib.contextmanager
 def lock(workdir: Workdir) -> Iterator[None]:

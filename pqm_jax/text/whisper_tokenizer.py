@@ -155,6 +155,26 @@ def _backend(model_dir: pathlib.Path) -> tokenizers.Tokenizer:
     return backend
 
 
+def _read_json(path: pathlib.Path) -> dict:
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); restore the model's own copy") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path} holds {type(cfg).__name__}, not a JSON object")
+    return cfg
+
+
+def _ids(cfg: Mapping[str, Any], key: str, path: pathlib.Path) -> tuple[int, ...]:
+    """Token ids under `key` (absent or null: none), or ValueError naming the file and key."""
+    value = cfg.get(key) or ()
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in value
+    ):
+        raise ValueError(f"{path}: {key!r} must be a list of token ids, got {value!r:.80}")
+    return tuple(value)
+
+
 def load(model_dir: str | os.PathLike, *, multilingual: bool | None = None) -> Tokenizer:
     """Tokenizer of a CTranslate2 folder (`tokenizer.json` + `config.json` with `suppress_ids`,
     `suppress_ids_begin`) or an HF folder (`generation_config.json` with `suppress_tokens`,
@@ -164,11 +184,12 @@ def load(model_dir: str | os.PathLike, *, multilingual: bool | None = None) -> T
     begin: Any = ()
     ct2_config, hf_generation = model_dir / "config.json", model_dir / "generation_config.json"
     if hf_generation.is_file():
-        cfg = json.loads(hf_generation.read_text())
-        suppress, begin = cfg.get("suppress_tokens") or (), cfg.get("begin_suppress_tokens") or ()
+        cfg = _read_json(hf_generation)
+        keys = ("suppress_tokens", "begin_suppress_tokens")
+        suppress, begin = (_ids(cfg, k, hf_generation) for k in keys)
     elif ct2_config.is_file():
-        cfg = json.loads(ct2_config.read_text())
-        suppress, begin = cfg.get("suppress_ids") or (), cfg.get("suppress_ids_begin") or ()
+        cfg = _read_json(ct2_config)
+        suppress, begin = (_ids(cfg, k, ct2_config) for k in ("suppress_ids", "suppress_ids_begin"))
     return from_backend(
         _backend(model_dir),
         suppress_tokens=suppress,
