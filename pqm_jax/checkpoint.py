@@ -16,6 +16,7 @@ independently: loading one speaker of a bank reads (and verifies) that speaker's
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -103,6 +104,8 @@ def save(path: str | os.PathLike, items: Mapping[str, Any]) -> pathlib.Path:
 
     Raises:
       FileExistsError: if `path` already exists (checkpoints are never overwritten in place).
+      OSError: ENOSPC naming `path` when the disk is full (the partial folder is left to be
+        cleaned by the next save).
     """
     path = pathlib.Path(path)
     if path.exists():
@@ -115,9 +118,15 @@ def save(path: str | os.PathLike, items: Mapping[str, Any]) -> pathlib.Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         if partial.exists():  # left by a run killed while saving
             shutil.rmtree(partial)
+        _check_space(path, items)
     _sync(f"pqm-ckpt-clean-{path.name}")
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        ckptr.save(partial, args=_args(items, restore=False))
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            ckptr.save(partial, args=_args(items, restore=False))
+    except Exception as e:  # orbax reports a full disk as ValueError("RESOURCE_EXHAUSTED ...")
+        if "No space left on device" in str(e) or "os_error_code='28'" in str(e):
+            raise OSError(errno.ENOSPC, "No space left on device", os.fspath(path)) from e
+        raise
     if _primary():
         record = {"format": _FORMAT, "items": sorted(items), "files": _record(partial)}
         _write_atomic(partial / INTEGRITY, json.dumps(record, indent=1))
@@ -125,6 +134,21 @@ def save(path: str | os.PathLike, items: Mapping[str, Any]) -> pathlib.Path:
         _fsync_dir(path.parent)
     _sync(f"pqm-ckpt-commit-{path.name}")
     return path
+
+
+def _check_space(path: pathlib.Path, items: Mapping[str, Any]) -> None:
+    """ENOSPC before a save that cannot fit (orbax would fail half-way, from its writer
+    threads): the arrays' bytes plus a margin for metadata."""
+    arrays = [x for k, v in items.items() if not isinstance(v, Json) for x in jax.tree.leaves(v)]
+    need = sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize for x in arrays)
+    need = int(need * 1.05) + (1 << 20)
+    free = shutil.disk_usage(path.parent).free
+    if free < need:
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on device (a {need / 1e6:.1f} MB checkpoint, {free / 1e6:.1f} MB free)",
+            os.fspath(path),
+        )
 
 
 def _fsync_dir(folder: pathlib.Path) -> None:

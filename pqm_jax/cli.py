@@ -1,8 +1,11 @@
-"""What train.py and evaluate.py share: absl flag parsing with one-line errors."""
+"""What train.py and evaluate.py share: absl flag parsing and one-line errors."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
 import sys
 
 from absl import flags
@@ -23,3 +26,40 @@ def parse_flags(argv: list[str], *, prog: str, usage: str) -> list[str]:
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         message = str(e).replace("\\n", " ").replace("\\'", "'").replace("\n", " ")
         sys.exit(f"{prog}: bad config override: {message}")
+
+
+def disk_full(error: BaseException) -> OSError | None:
+    """The `ENOSPC` OSError behind `error` (itself, or a cause or context), if any."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return e
+        if "No space left on device" in str(e):  # a library's own error type, message kept
+            where = re.search(r'"(/[^"]+)"', str(e))
+            return OSError(errno.ENOSPC, "No space left on device", where and where.group(1))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def exit_disk_full(prog: str, error: OSError, workdir: str | os.PathLike) -> None:
+    """Prints `disk_full_message` and ends the process at once: background writer threads of
+    a failed save would otherwise print their own tracebacks while the interpreter shuts down."""
+    sys.stderr.write(disk_full_message(prog, error, workdir) + "\n")
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(1)
+
+
+def disk_full_message(prog: str, error: OSError, workdir: str | os.PathLike) -> str:
+    """One line: which file could not be written, the space left, and that a rerun resumes."""
+    try:
+        free = f"{shutil.disk_usage(workdir).free / 1e6:.1f} MB free in {workdir}"
+    except OSError:
+        free = f"{workdir} unreadable"
+    where = f" writing {error.filename}" if error.filename else ""
+    return (
+        f"{prog}: no space left on the device{where} ({free}); free some space and rerun the "
+        "same command: it resumes from its last checkpoint"
+    )

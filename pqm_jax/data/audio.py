@@ -6,9 +6,12 @@ Everything returns mono float32 in [-1, 1] at the requested rate; problems go th
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
+import pathlib
+import shutil
 from typing import BinaryIO
 
 import numpy as np
@@ -128,7 +131,13 @@ def limit_length(
 def write_wav(path: str | os.PathLike, audio: np.ndarray, rate: int = TARGET_RATE) -> None:
     """Writes float32 `audio` [samples] as 16-bit PCM WAV (atomically: temp file + rename)."""
     tmp = f"{os.fspath(path)}.part"
-    soundfile.write(tmp, np.clip(audio, -1.0, 1.0), rate, subtype="PCM_16", format="WAV")
+    try:
+        soundfile.write(tmp, np.clip(audio, -1.0, 1.0), rate, subtype="PCM_16", format="WAV")
+    except soundfile.LibsndfileError as e:  # "System error." when the disk is full
+        folder = pathlib.Path(tmp).parent
+        if shutil.disk_usage(folder).free < 2 * audio.size + (1 << 16):
+            raise OSError(errno.ENOSPC, "No space left on device", os.fspath(path)) from e
+        raise
     os.replace(tmp, path)
 
 
