@@ -1,6 +1,8 @@
 """Tiny smoke/test run: a small random Whisper, a few short synthetic utterances, seconds a stage.
 
-Run: `python train.py --config configs/tiny_test.py --workdir /tmp/pqm_tiny`.
+Run on one device: `python train.py --config configs/tiny_test.py --workdir /tmp/pqm_tiny
+--config.mesh.data=1`. As committed it shards every batch over two devices (mesh.data=2), as the
+tests run it on 8 simulated CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=8).
 """
 
 from pqm_jax.run import config as config_lib

@@ -60,8 +60,17 @@ def from_entries(
 ) -> Corpus:
     """Targets split from `entries` (data.speakers, data.split), the stage-2 pool from
     `pool_entries` less the targets: what readers of a corpus folder or file share."""
+    wanted = set(spec.speakers)
+    candidates = wanted or {e.speaker for e in entries}
     targets = targets_of(entries, spec, report)
-    si_train, si_dev = pool(pool_entries, spec, set(targets))
+    dropped = sorted(candidates - set(targets))
+    if wanted and dropped:
+        raise errors.ConfigError(
+            f"data.speakers names {', '.join(dropped)}, left out for too few usable utterances "
+            "(warned above); add utterances or remove them from data.speakers"
+        )
+    # a target speaker left out for lack of data is still not a stage-2 speaker
+    si_train, si_dev = pool(pool_entries, spec, candidates)
     return Corpus(targets=targets, si_train=si_train, si_dev=si_dev)
 
 
