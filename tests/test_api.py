@@ -18,10 +18,9 @@ import pqm_jax
 from pqm_jax import api, resources
 from pqm_jax import lora as lora_lib
 from pqm_jax.models.whisper import family as whisper_family
-from pqm_jax.models.whisper import model as whisper
 from pqm_jax.quant import base
 from pqm_jax.quant import tree as qtree
-from pqm_jax.text import whisper_tokenizer as text
+from pqm_jax.testing import toy
 
 MAX_NEW = 3  # random models ramble; a short cap keeps the loops short
 
@@ -29,22 +28,10 @@ MAX_NEW = 3  # random models ramble; a short cap keeps the loops short
 @functools.cache
 def _model() -> api.WhisperModel:
     try:
-        folder = resources.tiny_en_dir()
+        resources.tiny_en_dir()
     except FileNotFoundError as e:
         pytest.skip(str(e))
-    config = whisper.WhisperConfig(
-        n_mels=80,
-        vocab_size=51864,
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_heads=2,
-        decoder_heads=2,
-        encoder_ffn=64,
-        decoder_ffn=64,
-    )
-    params = whisper.init(config, key=jax.random.key(0), std=0.5)
-    return api.WhisperModel(params=params, config=config, tokenizer=text.load(folder))
+    return toy.whisper_model()
 
 
 def _clips(n: int, seed: int = 0) -> list[np.ndarray]:

@@ -170,9 +170,7 @@ def test_a_new_family_is_one_registration():
         with pytest.raises(ValueError, match=r"max_tokens must be in \[4, 32\]"):
             models.ModelSpec(name="echo-tiny", max_tokens=33)
     finally:
-        from pqm_jax.models import family as family_lib
-
-        family_lib._FAMILIES.pop("echo")
+        models.unregister("echo")
 
 
 def test_a_new_corpus_source_is_one_registration(tmp_path):
@@ -189,7 +187,7 @@ def test_a_new_corpus_source_is_one_registration(tmp_path):
             corpus.build(spec, tmp_path, report=issues.InputReport())
         assert seen["data_dir"] == tmp_path
     finally:
-        sources._SOURCES.pop("echo")
+        sources.unregister("echo")
     with pytest.raises(ValueError, match=r"data\.source='echo' is not one of .*synth"):
         data_spec.DataSpec(source="echo")
 

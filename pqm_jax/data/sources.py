@@ -9,10 +9,11 @@ use; adding a reader is one new module that calls `register` plus its entry ther
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import pathlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from pqm_jax import registry
 
 if TYPE_CHECKING:
     from pqm_jax.data import corpus, issues, spec
@@ -25,8 +26,7 @@ BUILTIN = (
     "pqm_jax.data.tedlium",
     "pqm_jax.data.manifest",
 )
-_SOURCES: dict[str, Source] = {}
-_loaded = False
+_REGISTRY: registry.Registry[Source] = registry.Registry("data.source", BUILTIN)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,27 +49,18 @@ class Source:
 
 def register(source: Source) -> Source:
     """Adds `source` to the registry (re-registering a name replaces it)."""
-    _SOURCES[source.name] = source
-    return source
+    return _REGISTRY.register(source.name, source)
 
 
-def _load_builtin() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in BUILTIN:
-            importlib.import_module(module)
+def unregister(name: str) -> None:
+    _REGISTRY.unregister(name)
 
 
 def names() -> tuple[str, ...]:
     """Names of every registered source."""
-    _load_builtin()
-    return tuple(sorted(_SOURCES))
+    return _REGISTRY.names()
 
 
 def get(name: str) -> Source:
     """The source named `name` (KeyError listing the known names)."""
-    _load_builtin()
-    if name not in _SOURCES:
-        raise KeyError(f"data.source={name!r} is not one of {', '.join(_SOURCES)}")
-    return _SOURCES[name]
+    return _REGISTRY.get(name)

@@ -18,4 +18,5 @@ from pqm_jax.models.family import (  # noqa: F401  (the registry's public names)
     model_names,
     of,
     register,
+    unregister,
 )

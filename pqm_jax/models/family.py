@@ -18,18 +18,16 @@ part of a run configuration, checked by the family it names.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import pathlib
 import re
 from typing import Any
 
-from pqm_jax import errors
+from pqm_jax import errors, registry
 from pqm_jax.quant import base as qbase
 
 # Families shipped with the package: the module of each registers its instance on import.
 BUILTIN = ("pqm_jax.models.whisper.family", "pqm_jax.models.conformer.family")
-_FAMILIES: dict[str, Family] = {}
-_loaded = False
+_REGISTRY: registry.Registry[Family] = registry.Registry("model family", BUILTIN)
 
 
 class Family:
@@ -147,21 +145,15 @@ def register(family: Family) -> Family:
     """Adds `family` to the registry (re-registering a name replaces it)."""
     if not family.name or not family.models:
         raise ValueError("a family needs a name and the model names it serves")
-    _FAMILIES[family.name] = family
-    return family
+    return _REGISTRY.register(family.name, family)
 
 
-def _load_builtin() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in BUILTIN:
-            importlib.import_module(module)
+def unregister(name: str) -> None:
+    _REGISTRY.unregister(name)
 
 
 def families() -> tuple[Family, ...]:
-    _load_builtin()
-    return tuple(_FAMILIES.values())
+    return tuple(_REGISTRY.values())
 
 
 def model_names() -> tuple[str, ...]:

@@ -108,3 +108,25 @@ def tree_max_diff(a: Any, b: Any) -> float:
     """Largest absolute difference between two trees of the same structure."""
     diffs = jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(jnp.asarray(x) - y))), a, b)
     return max(jax.tree.leaves(diffs), default=0.0)
+
+
+def whisper_model(*, d_model: int = 32, std: float = 0.5) -> Any:
+    """A loaded-model handle (`pqm_jax.api.WhisperModel`) around a 1-layer random Whisper with
+    tiny.en's tokenizer (vocabulary 51,864): `transcribe` runs in seconds and says nothing."""
+    from pqm_jax import api, resources
+    from pqm_jax.text import whisper_tokenizer
+
+    config = whisper.WhisperConfig(
+        n_mels=80,
+        vocab_size=51864,
+        d_model=d_model,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_heads=2,
+        decoder_heads=2,
+        encoder_ffn=2 * d_model,
+        decoder_ffn=2 * d_model,
+    )
+    params = whisper.init(config, key=jax.random.key(0), std=std)
+    tokenizer = whisper_tokenizer.load(resources.tiny_en_dir())
+    return api.WhisperModel(params=params, config=config, tokenizer=tokenizer)

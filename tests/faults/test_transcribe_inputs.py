@@ -2,33 +2,18 @@
 
 import functools
 
-import jax
 import numpy as np
 import pytest
 import soundfile
 
 import pqm_jax
-from pqm_jax import api, resources
-from pqm_jax.models.whisper import model as whisper
-from pqm_jax.text import whisper_tokenizer
+from pqm_jax import api
+from pqm_jax.testing import toy
 
 
 @functools.cache
 def _model() -> api.WhisperModel:
-    cfg = whisper.WhisperConfig(
-        n_mels=80,
-        vocab_size=51864,
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_heads=2,
-        decoder_heads=2,
-        encoder_ffn=64,
-        decoder_ffn=64,
-    )
-    params = whisper.init(cfg, key=jax.random.key(0), std=0.5)
-    tok = whisper_tokenizer.load(resources.tiny_en_dir())
-    return api.WhisperModel(params=params, config=cfg, tokenizer=tok)
+    return toy.whisper_model()
 
 
 def _tone(seconds=0.5):
