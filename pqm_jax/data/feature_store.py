@@ -8,7 +8,9 @@ unreadable cache file is recomputed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import pathlib
 import zipfile
@@ -54,6 +56,7 @@ class FeatureStore:
         self.window_s = window_s
         self.n_mels = n_mels
         self.report = issues.default(report)
+        self._reported: set[pathlib.Path] = set()
         self.options = corpora.ReadOptions(max_seconds=window_s, too_long="skip")
         self.config = features.FeatureConfig(
             n_mels=n_mels, n_samples=round(window_s * features.SAMPLE_RATE)
@@ -72,6 +75,7 @@ class FeatureStore:
         path = self.path(entry)
         skip = path.with_suffix(".skip")
         if skip.is_file():
+            self._report_cached(skip)
             return None
         if path.is_file():
             try:
@@ -79,16 +83,34 @@ class FeatureStore:
                     return f["mel"]
             except (OSError, ValueError, KeyError, zipfile.BadZipFile):
                 pass  # torn cache file: recompute
+        before = len(self.report.issues)
         utt = corpora.load_entry(entry, options=self.options, report=self.report)
         path.parent.mkdir(parents=True, exist_ok=True)
         if utt is None:
-            skip.write_text("unusable audio (reported when first read)\n")
+            found = [dataclasses.asdict(i) for i in self.report.issues[before:]]
+            skip.write_text(json.dumps(found))
+            self._reported.add(skip)
             return None
         mel = features.log_mel(utt.audio, self.config)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
         np.savez_compressed(tmp, mel=mel)
         os.replace(tmp, path)
         return mel
+
+    def _report_cached(self, skip: pathlib.Path) -> None:
+        """Reports a cached skip again (once per store): a rerun names the unchanged bad file
+        as the first run did."""
+        if skip in self._reported:
+            return
+        self._reported.add(skip)
+        try:
+            found = json.loads(skip.read_text())
+        except (OSError, ValueError):
+            found = []
+        for item in found:
+            kind, action = issues.Kind(item["kind"]), issues.Action(item["action"])
+            detail = f"{item['detail']}; " if item.get("detail") else ""
+            self.report.issue(kind, action, item["source"], detail + "file unchanged since")
 
     def loader(self, entries: Sequence[corpora.Entry]) -> Callable[[int], np.ndarray]:
         """`load(i)` -> mel of entries[i] (from the cache; for pools too big for memory)."""

@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from pqm_jax import errors
+from pqm_jax import errors, jsonio
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -176,15 +176,9 @@ def read_config(workdir: Workdir) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{workdir.root} holds no run (no {CONFIG})")
     try:
-        values = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise errors.ConfigError(
-            f"{path} is damaged ({e}); it records the run's configuration: restore it, or "
-            "start again in a new --workdir"
-        ) from None
-    if not isinstance(values, dict):
-        raise errors.ConfigError(f"{path} holds {type(values).__name__}, not a configuration")
-    return values
+        return jsonio.read_object(path, what="the run's configuration")
+    except jsonio.DamagedFile as e:
+        raise errors.ConfigError(f"{e}, or start again in a new --workdir") from None
 
 
 def chunk_name(index: int) -> str:

@@ -9,7 +9,6 @@ the text tokens: every id >= `<|endoftext|>` is special, timestamps start at
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 import re
@@ -17,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import tokenizers
+
+from pqm_jax import jsonio
 
 _LANGUAGE = re.compile(r"^<\|([a-z]{2,3}(?:-[a-z]+)?)\|>$")  # <|en|>, <|haw|>, <|yue|>
 
@@ -155,16 +156,6 @@ def _backend(model_dir: pathlib.Path) -> tokenizers.Tokenizer:
     return backend
 
 
-def _read_json(path: pathlib.Path) -> dict:
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); restore the model's own copy") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path} holds {type(cfg).__name__}, not a JSON object")
-    return cfg
-
-
 def _ids(cfg: Mapping[str, Any], key: str, path: pathlib.Path) -> tuple[int, ...]:
     """Token ids under `key` (absent or null: none), or ValueError naming the file and key."""
     value = cfg.get(key) or ()
@@ -184,11 +175,11 @@ def load(model_dir: str | os.PathLike, *, multilingual: bool | None = None) -> T
     begin: Any = ()
     ct2_config, hf_generation = model_dir / "config.json", model_dir / "generation_config.json"
     if hf_generation.is_file():
-        cfg = _read_json(hf_generation)
+        cfg = jsonio.read_object(hf_generation, what="the model's generation config")
         keys = ("suppress_tokens", "begin_suppress_tokens")
         suppress, begin = (_ids(cfg, k, hf_generation) for k in keys)
     elif ct2_config.is_file():
-        cfg = _read_json(ct2_config)
+        cfg = jsonio.read_object(ct2_config, what="the model's CTranslate2 config")
         suppress, begin = (_ids(cfg, k, ct2_config) for k in ("suppress_ids", "suppress_ids_begin"))
     return from_backend(
         _backend(model_dir),

@@ -18,6 +18,9 @@ def test_a_fixed_file_is_featurised_not_skipped_forever(tmp_path, tone, write_au
     with pytest.warns(issues.InputWarning, match="bad.wav"):
         assert store.get(entry) is None
     assert store.get(entry) is None  # still damaged: still skipped
+    again = feature_store.FeatureStore(tmp_path / "features", window_s=1.0, n_mels=80)
+    with pytest.warns(issues.InputWarning, match=r"bad\.wav.*file unchanged since"):
+        assert again.get(entry) is None  # a rerun names the cached skip again
     write_audio(wav, tone(0.5))
     os.utime(wav, ns=(1, 10**18))  # a fixed file, whatever the clock's resolution
     mel = store.get(entry)

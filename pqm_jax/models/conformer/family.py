@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pqm_jax import checkpoint, errors
+from pqm_jax import checkpoint, errors, jsonio
 from pqm_jax.models import family as family_lib
 from pqm_jax.models.conformer import decoding, loss
 from pqm_jax.models.conformer import model as conformer
@@ -79,7 +79,14 @@ def load(
     """
     path = pathlib.Path(path)
     FAMILY.check_folder(path)
-    cfg = conformer.ConformerConfig(**json.loads((path / "model.json").read_text()))
+    values = jsonio.read_object(path / "model.json", what="the Conformer's architecture")
+    known = {f.name: f.type for f in dataclasses.fields(conformer.ConformerConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise jsonio.DamagedFile(f"{path / 'model.json'}: unknown keys {unknown}")
+    ints = {k: int for k, t in known.items() if t in (int, "int")}
+    jsonio.fields(values, ints, path / "model.json")
+    cfg = conformer.ConformerConfig(**values)
     vocab = char_tokenizer.CharVocab.load(path / "tokens.txt")
     if vocab.size != cfg.vocab_size:
         raise ValueError(f"{path}: tokens.txt has {vocab.size} tokens, model.json {cfg.vocab_size}")

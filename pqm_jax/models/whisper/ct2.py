@@ -30,6 +30,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from pqm_jax import jsonio
 from pqm_jax.models.whisper import hf
 
 BINARY_VERSION = 6
@@ -409,7 +410,9 @@ def variables_from_params(
 
 
 def _read_config(path: pathlib.Path | None) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    if path is None or not path.is_file():
+        return {}
+    return jsonio.read_object(path, what="the model's CTranslate2 config")
 
 
 def load_parts(

@@ -19,6 +19,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from pqm_jax import jsonio
+
 Params = dict[str, Any]
 # (path in the params tree, HF state-dict name, transform): "linear" [out, in] <-> [in, out],
 # "conv" [out, in, width] <-> [width, in, out], "copy" unchanged.
@@ -358,6 +360,7 @@ def load(
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: not a Hugging Face model folder")
-    hf_config = json.loads(config_path.read_text())
+    hf_config = jsonio.read_object(config_path, what="the model's Hugging Face config")
+    jsonio.fields(hf_config, {k: int for k in _HF_FIELDS.values()}, config_path)
     config = config_from_hf(hf_config)
     return from_state_dict(read_state_dict(model_dir), config), config, hf_config
