@@ -95,11 +95,15 @@ class Stage3Spec(adapt.AdaptSchedule):
     Attributes:
       enabled: False stops the run after stage 2.
       ckpt_every: checkpoint the running chunk every this many steps (0 = only at its end).
+      memory_budget_mb: with chunk_speakers 0, chunks hold as many speakers as fit in this
+        much memory (adapters, optimiser state, best adapters, features); only the running
+        chunk's features are in memory.
       optim: optimiser (paper: Adam, lr 1e-3 with exponential decay).
     """
 
     enabled: bool = True
     ckpt_every: int = 20
+    memory_budget_mb: float = 4096.0
     optim: optim.OptimConfig = dataclasses.field(
         default_factory=lambda: optim.OptimConfig(
             name="adam", learning_rate=1e-3, schedule="exponential", decay_rate=0.9
@@ -252,6 +256,8 @@ def check(config: RunConfig) -> None:
             raise ConfigError(f"{name}.batch_size and eval_batch_size must be >= 1")
     if config.stage2.epochs < 1 and config.stage2.steps < 1:
         raise ConfigError("stage2 needs epochs >= 1 or steps >= 1")
+    if config.stage3.memory_budget_mb <= 0:
+        raise ConfigError("stage3.memory_budget_mb must be > 0")
     if config.pretrain.steps < 1:
         raise ConfigError("pretrain.steps must be >= 1")
 

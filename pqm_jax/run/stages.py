@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 
 from pqm_jax import checkpoint, sharding
 from pqm_jax.data import feature_store
+from pqm_jax.quant import tree as qtree
 from pqm_jax.run import config as config_lib
 from pqm_jax.run import context
 from pqm_jax.run import workdir as workdir_lib
@@ -224,13 +225,15 @@ def train_tree(
 
 
 def speaker_data(run: context.Run, corpus: corpus_lib.Corpus) -> dict[str, adapt.SpeakerData]:
-    """Each target speaker's adaptation and dev examples (speakers lacking either: left out)."""
+    """Each target speaker's adaptation and dev examples (speakers lacking either: left out),
+    with their features on disk: `chunk_data` loads one chunk's into memory."""
     data = {}
     bar = run.bar(desc="features stage 3", unit="speaker")
     for s in bar(sorted(corpus.targets)):
         split = corpus.targets[s]
-        train = run.examples(split.adapt, desc=None, in_memory=True) if split.adapt else None
-        dev = run.examples(split.dev, desc=None, in_memory=True) if split.dev else None
+        # features are computed and cached now, loaded into memory chunk by chunk
+        train = run.examples(split.adapt, desc=None, in_memory=False) if split.adapt else None
+        dev = run.examples(split.dev, desc=None, in_memory=False) if split.dev else None
         if train is None or dev is None:
             warnings.warn(
                 f"speaker {s}: no usable {'adaptation' if train is None else 'dev'} "
@@ -241,6 +244,28 @@ def speaker_data(run: context.Run, corpus: corpus_lib.Corpus) -> dict[str, adapt
             continue
         data[s] = adapt.SpeakerData(train=train, dev=dev)
     return data
+
+
+def chunk_data(data: dict[str, adapt.SpeakerData], chunk: tuple[str, ...]) -> dict:
+    """The chunk's speakers with their features in memory (the other speakers' stay on disk)."""
+    return {
+        s: adapt.SpeakerData(train=data[s].train.in_memory(), dev=data[s].dev.in_memory())
+        for s in chunk
+    }
+
+
+def chunk_speakers(run: context.Run, data: dict[str, adapt.SpeakerData], init_lora: Any) -> int:
+    """Speakers per chunk: `stage3.chunk_speakers`, else as many as `stage3.memory_budget_mb`
+    holds (each slot: 4 copies of the adapters, for the bank, two Adam moments and the best
+    so far, plus the features of the largest speaker). A function of the config and the data
+    only, so a resumed run plans the same chunks."""
+    spec = run.config.stage3
+    if spec.chunk_speakers:
+        return spec.chunk_speakers
+    adapters = 4 * qtree.tree_nbytes(init_lora)
+    features = max(d.train.mel_bytes + d.dev.mel_bytes for d in data.values())
+    fits = int(spec.memory_budget_mb * 2**20) // (adapters + features)
+    return max(1, min(len(data), fits))
 
 
 def _remove(path: pathlib.Path) -> None:
@@ -284,6 +309,7 @@ def stage3(run: context.Run, corpus: corpus_lib.Corpus, init_lora: Any) -> dict[
     data = speaker_data(run, corpus)
     if not data:
         raise config_lib.ConfigError("stage3: no target speaker has adaptation and dev data")
+    config = dataclasses.replace(config, chunk_speakers=chunk_speakers(run, data, init_lora))
     slots = adapt.slots_for(config, len(data), run.mesh)
     programs = adapt.compile_programs(
         lora=init_lora,
@@ -308,7 +334,9 @@ def stage3(run: context.Run, corpus: corpus_lib.Corpus, init_lora: Any) -> dict[
     for index, chunk in enumerate(plan):
         rows = _finished(run, index, chunk)
         if rows is None:
-            rows = _run_chunk(run, index, chunk, init_lora, data, series, programs, config, key)
+            mem = chunk_data(data, chunk)
+            rows = _run_chunk(run, index, chunk, init_lora, mem, series, programs, config, key)
+            del mem
         for i, row in enumerate(rows):
             manifest["speakers"][row["speaker"]] = row | {"chunk": index, "item": _item(i)}
         speakers_bar.update(len(chunk))

@@ -54,7 +54,8 @@ class AdaptSchedule:
       eval_batch_size: dev examples per slot per evaluation batch.
       eval_every: evaluate a speaker every this many of its steps; 0 = at its epoch ends.
       patience: stop a speaker after this many evaluations without improvement; 0 = never.
-      chunk_speakers: slots per compiled program (rounded up to the "data" axis); 0 = all.
+      chunk_speakers: slots per compiled program (rounded up to the "data" axis); 0 = all (a
+        run picks a number from its memory budget, `stage3.memory_budget_mb`).
     """
 
     epochs: int = 10

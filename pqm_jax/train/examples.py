@@ -65,6 +65,19 @@ class Examples:
             "weights": self.weights[idx],
         }
 
+    def in_memory(self) -> Examples:
+        """These examples with every mel loaded into memory (itself when already there)."""
+        if self.mel is not None:
+            return self
+        mel = np.stack([self.load_mel(i) for i in range(len(self))])
+        return dataclasses.replace(self, mel=mel, load_mel=None)
+
+    @property
+    def mel_bytes(self) -> int:
+        """Bytes of the mel of all examples once in memory."""
+        one = self.mel[0] if self.mel is not None else self.load_mel(0)
+        return len(self) * one.nbytes
+
     def filler(self, b: int) -> dict[str, np.ndarray]:
         """b copies of row 0 with zero weights: a batch that contributes nothing."""
         batch = self.take(np.zeros(b, np.int64))

@@ -1,0 +1,56 @@
+"""Stage 3 in bounded memory: chunks sized by a memory budget, features loaded chunk by chunk."""
+
+import pathlib
+import types
+
+import numpy as np
+import pytest
+
+from pqm_jax.run import config as config_lib
+from pqm_jax.run import pipeline, results, stages
+from pqm_jax.train import adapt
+from pqm_jax.train import examples as ex
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _examples(n, frames=10, lazy=False):
+    rng = np.random.default_rng(n)
+    mel = rng.normal(size=(n, 4, frames)).astype(np.float32)
+    tok = np.zeros((n, 3), np.int32)
+    kw = {"load_mel": lambda i: mel[i]} if lazy else {"mel": mel}
+    return ex.Examples(tuple(map(str, range(n))), tok, tok, np.ones((n, 3), np.float32), **kw)
+
+
+def test_in_memory_loads_every_mel_once():
+    lazy = _examples(5, lazy=True)
+    mem = lazy.in_memory()
+    assert lazy.mel is None and mem.mel.shape == (5, 4, 10) and mem.load_mel is None
+    np.testing.assert_array_equal(mem.take([3])["mel"], lazy.take([3])["mel"])
+    assert mem.in_memory() is mem and mem.mel_bytes == lazy.mel_bytes == 5 * 4 * 10 * 4
+
+
+def test_chunks_hold_what_the_budget_allows():
+    data = {f"s{i}": adapt.SpeakerData(_examples(8), _examples(2)) for i in range(10)}
+    lora = {"a": np.zeros((100, 1000), np.float32)}  # 400 kB: 1.6 MB a slot with its copies
+    spec = config_lib.Stage3Spec(memory_budget_mb=5)
+    run = types.SimpleNamespace(config=types.SimpleNamespace(stage3=spec))
+    per_slot = 4 * 400_000 + 10 * 160
+    assert stages.chunk_speakers(run, data, lora) == 5 * 2**20 // per_slot == 3
+    run.config.stage3 = config_lib.Stage3Spec(memory_budget_mb=10**6)
+    assert stages.chunk_speakers(run, data, lora) == 10  # never more than the speakers
+    run.config.stage3 = config_lib.Stage3Spec(chunk_speakers=4, memory_budget_mb=1)
+    assert stages.chunk_speakers(run, data, lora) == 4  # an explicit size wins
+    lazy = {s: adapt.SpeakerData(_examples(3, lazy=True), _examples(1, lazy=True)) for s in "ab"}
+    mem = stages.chunk_data(lazy, ("b",))
+    assert list(mem) == ["b"] and mem["b"].train.mel is not None and lazy["b"].train.mel is None
+
+
+@pytest.mark.slow
+def test_a_run_sizes_its_chunks_by_the_budget(tmp_path):
+    c = config_lib.load_file(ROOT / "configs" / "tiny_test.py")
+    values = {"mesh.data": 1, "stage3.chunk_speakers": 0, "stage3.memory_budget_mb": 0.6}
+    pipeline.run_pipeline(config_lib.from_dict(config_lib.override(c, values)), tmp_path)
+    manifest = results.load(tmp_path).manifest
+    assert manifest["complete"] and manifest["slots"] == 1  # 0.6 MB holds one speaker
+    assert len(manifest["chunks"]) == 3 and len(manifest["speakers"]) == 3
