@@ -82,20 +82,10 @@ def main(argv: list[str]) -> None:
     print(f"report: {', '.join(str(paths.report(kind)) for kind in workdir_lib.REPORT)}")
 
 
-def _main(argv: list[str]) -> None:
-    try:
-        main(argv)
-    except Exception as e:  # ENOSPC, maybe wrapped by a library (orbax, soundfile)
-        full = cli.disk_full(e)
-        if full is None:
-            raise
-        cli.exit_disk_full("evaluate.py", full, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-    app.run(
-        _main,
-        flags_parser=lambda argv: cli.parse_flags(
-            argv, prog="evaluate.py", usage="python evaluate.py --workdir DIR"
-        ),
+    cli.run(
+        main,
+        prog="evaluate.py",
+        usage="python evaluate.py --workdir DIR",
+        workdir=lambda: _WORKDIR.value,
     )

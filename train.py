@@ -59,20 +59,10 @@ def main(argv: list[str]) -> None:
     print(f"results in {_WORKDIR.value}")
 
 
-def _main(argv: list[str]) -> None:
-    try:
-        main(argv)
-    except Exception as e:  # ENOSPC, maybe wrapped by a library (orbax, soundfile)
-        full = cli.disk_full(e)
-        if full is None:
-            raise
-        cli.exit_disk_full("train.py", full, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-    app.run(
-        _main,
-        flags_parser=lambda argv: cli.parse_flags(
-            argv, prog="train.py", usage="python train.py --config CONFIG.py --workdir DIR"
-        ),
+    cli.run(
+        main,
+        prog="train.py",
+        usage="python train.py --config CONFIG.py --workdir DIR",
+        workdir=lambda: _WORKDIR.value,
     )

@@ -7,8 +7,9 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable
 
-from absl import flags
+from absl import app, flags
 
 
 def parse_flags(argv: list[str], *, prog: str, usage: str) -> list[str]:
@@ -63,3 +64,18 @@ def disk_full_message(prog: str, error: OSError, workdir: str | os.PathLike) -> 
         f"{prog}: no space left on the device{where} ({free}); free some space and rerun the "
         "same command: it resumes from its last checkpoint"
     )
+
+
+def run(main: Callable[[list[str]], None], *, prog: str, usage: str, workdir: Callable[[], str]):
+    """`absl.app.run(main)` with one-line errors for bad flags and for a full disk."""
+
+    def guarded(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except Exception as e:  # ENOSPC, maybe wrapped by a library (orbax, soundfile)
+            full = disk_full(e)
+            if full is None:
+                raise
+            exit_disk_full(prog, full, workdir())
+
+    app.run(guarded, flags_parser=lambda argv: parse_flags(argv, prog=prog, usage=usage))
