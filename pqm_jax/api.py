@@ -24,7 +24,7 @@ import numpy as np
 
 import pqm_jax
 from pqm_jax import lora as lora_lib
-from pqm_jax import models, resources
+from pqm_jax import models
 from pqm_jax.data import audio as audio_lib
 from pqm_jax.data import features
 from pqm_jax.models.whisper import decoding, hf
@@ -318,23 +318,21 @@ def _is_lora_tree_dict(tree: Mapping) -> bool:
     return set(tree) <= {"encoder", "decoder"}
 
 
-def _read(name_or_path: str | os.PathLike) -> tuple[Any, whisper.WhisperConfig, pathlib.Path]:
-    """(params, config, folder holding tokenizer.json) for a name, a folder, or a hub id."""
+def _read(name_or_path: str | os.PathLike) -> tuple[Any, whisper.WhisperConfig, text.Tokenizer]:
+    """(params, config, tokenizer) for a name, a folder, or a hub id."""
     name = os.fspath(name_or_path)
     if name in ("tiny.en", "base"):  # packaged: read as a run reads them
-        params, config, _ = whisper_family.FAMILY.load(models.ModelSpec(name=name), seed=0)
-        folder = resources.tiny_en_dir() if name == "tiny.en" else resources.base_dir()
-        return params, config, folder
+        return whisper_family.FAMILY.load(models.ModelSpec(name=name), seed=0)
     path = pathlib.Path(name)
     if whisper_family.folder_format(path) is not None:
         params, config = whisper_family.read_folder(path)
-        return params, config, path
+        return params, config, text.load(path)
     if path.is_dir():
         whisper_family.read_folder(path)  # raises, naming what a Whisper folder needs
     if not path.exists():
         folder = hf.resolve(name)  # a hub id (downloads; needs network)
         params, config, _ = hf.load(folder)
-        return params, config, folder
+        return params, config, text.load(folder)
     raise FileNotFoundError(
         f"{name} is not 'tiny.en', 'base', a CTranslate2 folder (model.bin), a Hugging Face "
         "folder (config.json + model.safetensors) or a hub id"
@@ -368,7 +366,7 @@ def load_model(
     dtype = jnp.dtype(dtype).name
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
-    params, config, folder = _read(name_or_path)
+    params, config, tokenizer = _read(name_or_path)
     qtree.check_finite(params, os.fspath(name_or_path))
     params = jax.tree.map(jnp.asarray, params)
     if quant is not None:
@@ -376,7 +374,7 @@ def load_model(
     return WhisperModel(
         params=params,
         config=config,
-        tokenizer=text.load(folder),
+        tokenizer=tokenizer,
         dtype=dtype,
         source=os.fspath(name_or_path),
     )
