@@ -32,6 +32,12 @@ _STRICT = flags.DEFINE_bool("strict", False, "stop at the first bad input item")
 _PARTIAL = flags.DEFINE_bool(
     "partial", False, "score an unfinished run (the report says what is missing)"
 )
+_DIST = flags.DEFINE_bool(
+    "distributed", False, "run as one of several processes (jax.distributed; see the README)"
+)
+_COORD = flags.DEFINE_string("coordinator_address", "", "with --distributed: HOST:PORT")
+_NPROC = flags.DEFINE_integer("num_processes", 0, "with --distributed (0 = auto-detect)")
+_PID = flags.DEFINE_integer("process_id", -1, "with --distributed (-1 = auto-detect)")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -40,12 +46,23 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    from pqm_jax import multihost
     from pqm_jax.data import issues
     from pqm_jax.eval import report, run
     from pqm_jax.run import config as config_lib
     from pqm_jax.run import workdir as workdir_lib
 
     workdir = pathlib.Path(_WORKDIR.value)
+    if _DIST.value:
+        from pqm_jax.run import pipeline
+
+        spec = config_lib.DistributedSpec(
+            enabled=True,
+            coordinator_address=_COORD.value,
+            num_processes=_NPROC.value,
+            process_id=_PID.value,
+        )
+        pipeline.init_distributed(spec)
     try:
         if _CONFIG.value is not None:
             from pqm_jax.run import pipeline
@@ -75,7 +92,13 @@ def main(argv: list[str]) -> None:
         issues.InputError,
         workdir_lib.WorkdirLocked,
     ) as e:
+        lost = multihost.lost_peer(e)
+        if lost is not None:
+            multihost.stop(f"evaluate.py: {lost}")
         sys.exit(f"evaluate.py: {e}")
+    multihost.mark_done()
+    if not multihost.primary():
+        return  # process 0 reports
     print(report.markdown(rep))
     print(f"input: {problems.summary()}")
     paths = workdir_lib.Workdir(workdir)

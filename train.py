@@ -28,6 +28,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    from pqm_jax import multihost
     from pqm_jax.data import issues
     from pqm_jax.quant import tree as qtree
     from pqm_jax.run import config as config_lib
@@ -47,6 +48,9 @@ def main(argv: list[str]) -> None:
         sys.exit(f"train.py: {e}")
     except issues.InputError as e:
         sys.exit(f"train.py: bad input: {e}; fix or remove it (or run without --strict)")
+    multihost.mark_done()
+    if not multihost.primary():
+        return  # process 0 reports for the run
     stage3 = summary["stage3"] or {}
     speakers = stage3.get("speakers", {})
     print(f"stage 2: {json.dumps(summary['stage2'])}")

@@ -208,7 +208,7 @@ def _target(tree: Any) -> Any:
         if isinstance(x, jax.Array):
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
         if isinstance(x, jax.ShapeDtypeStruct) and x.sharding is None:
-            device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device)
         return x
 

@@ -67,15 +67,21 @@ def disk_full_message(prog: str, error: OSError, workdir: str | os.PathLike) -> 
 
 
 def run(main: Callable[[list[str]], None], *, prog: str, usage: str, workdir: Callable[[], str]):
-    """`absl.app.run(main)` with one-line errors for bad flags and for a full disk."""
+    """`absl.app.run(main)` with one-line errors for bad flags, a full disk, and another
+    process of a multi-process run lost (then this one stops too, saying how to resume)."""
 
     def guarded(argv: list[str]) -> None:
         try:
             main(argv)
         except Exception as e:  # ENOSPC, maybe wrapped by a library (orbax, soundfile)
             full = disk_full(e)
-            if full is None:
-                raise
-            exit_disk_full(prog, full, workdir())
+            if full is not None:
+                exit_disk_full(prog, full, workdir())
+            from pqm_jax import multihost
+
+            lost = multihost.lost_peer(e)
+            if lost is not None:
+                multihost.stop(f"{prog}: {lost}")
+            raise
 
     app.run(guarded, flags_parser=lambda argv: parse_flags(argv, prog=prog, usage=usage))

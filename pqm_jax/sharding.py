@@ -155,8 +155,54 @@ def base_shardings(params: Any, mesh: Mesh, config: MeshConfig = MeshConfig()) -
 
 
 def put(tree: Any, shardings: Any) -> Any:
-    """`jax.device_put` of host or device arrays onto `shardings` (same structure)."""
-    return jax.device_put(tree, shardings)
+    """Host or device arrays onto `shardings` (same structure). With several processes each
+    leaf must hold the same whole value on every process (numpy, or an array of this
+    process's devices); each process then places only the slices its devices own."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+    return jax.tree.map(_put_global, tree, shardings)
+
+
+def _put_global(x: Any, s: jax.sharding.Sharding) -> Any:
+    if isinstance(x, (jax.core.Tracer, jax.ShapeDtypeStruct)):  # traced by an outer jit
+        return x
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x if x.sharding == s else jax.jit(lambda v: v, out_shardings=s)(x)
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = np.asarray(jax.random.key_data(x))
+        impl = jax.random.key_impl(x)
+        return jax.random.wrap_key_data(_put_global(data, s), impl=impl)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, s, lambda index: host[index])
+
+
+def globalize(args: Any, shardings: Any) -> Any:
+    """Call arguments made global for a jitted function with `shardings` (several processes:
+    numpy or process-local leaves become global arrays; one process: unchanged)."""
+    if jax.process_count() == 1:
+        return args
+
+    def one(s, a):
+        if s.is_fully_replicated:  # jit takes host and local values as replicated inputs
+            return a
+        return jax.tree.map(lambda x: _put_global(x, s), a)
+
+    is_sharding = lambda x: isinstance(x, jax.sharding.Sharding)
+    return jax.tree.map(one, shardings, args, is_leaf=is_sharding)
+
+
+def jit(fn: Any, *, in_shardings: Any, out_shardings: Any, **kwargs: Any) -> Any:
+    """`jax.jit` with explicit shardings whose calls accept host (numpy) inputs on any number
+    of processes (`globalize`); on one process it is the jitted function itself."""
+    compiled = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, **kwargs)
+    if jax.process_count() == 1:
+        return compiled
+
+    def call(*args):
+        return compiled(*globalize(args, tuple(in_shardings)))
+
+    call.lower = compiled.lower
+    return call
 
 
 def global_batch(host: Any, sharding_tree: Any) -> Any:
@@ -166,14 +212,17 @@ def global_batch(host: Any, sharding_tree: Any) -> Any:
     so the same call works on one host and on many (every host builds the same global batch:
     batch order is a pure function of the step).
     """
+    return put(host, sharding_tree)
+
+
+def to_host(tree: Any) -> Any:
+    """Numpy copies of whole (global) arrays on every process: `jax.device_get` on one
+    process, an all-gather across processes when the arrays span several."""
     if jax.process_count() == 1:
-        return jax.device_put(host, sharding_tree)
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
 
-    def one(x, s):
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
-
-    return jax.tree.map(one, host, sharding_tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def abstract(tree: Any, shardings: Any) -> Any:

@@ -42,6 +42,8 @@ class FeatureStore:
       window_s: audio window; longer utterances are reported and skipped.
       n_mels: mel bins of the model.
       report: where unreadable / too long audio is reported.
+      write: keep what it computes in `folder` (off in the other processes of a multi-process
+        run: one process writes the cache, the others compute what is not there yet).
     """
 
     def __init__(
@@ -51,8 +53,10 @@ class FeatureStore:
         window_s: float,
         n_mels: int,
         report: issues.InputReport | None = None,
+        write: bool = True,
     ) -> None:
         self.folder = pathlib.Path(folder)
+        self.write = write
         self.window_s = window_s
         self.n_mels = n_mels
         self.report = issues.default(report)
@@ -85,13 +89,17 @@ class FeatureStore:
                 pass  # torn cache file: recompute
         before = len(self.report.issues)
         utt = corpora.load_entry(entry, options=self.options, report=self.report)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.write:
+            path.parent.mkdir(parents=True, exist_ok=True)
         if utt is None:
-            found = [dataclasses.asdict(i) for i in self.report.issues[before:]]
-            skip.write_text(json.dumps(found))
+            if self.write:
+                found = [dataclasses.asdict(i) for i in self.report.issues[before:]]
+                skip.write_text(json.dumps(found))
             self._reported.add(skip)
             return None
         mel = features.log_mel(utt.audio, self.config)
+        if not self.write:
+            return mel
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
         np.savez_compressed(tmp, mel=mel)
         os.replace(tmp, path)

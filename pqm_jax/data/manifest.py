@@ -95,14 +95,23 @@ def read(
 
 
 def write(path: str | os.PathLike, rows: Iterable[dict]) -> None:
-    """Writes `rows` (dicts with at least path, text, speaker) as JSONL, atomically."""
+    """Writes `rows` (dicts with at least path, text, speaker) as JSONL, atomically; a file
+    that already holds exactly these rows is left untouched."""
+    lines = []
+    for row in rows:
+        missing = [k for k in REQUIRED if k not in row]
+        if missing:
+            raise ValueError(f"manifest row lacks {missing}: {row}")
+        lines.append(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+    text = "".join(lines)
+    try:
+        if pathlib.Path(path).read_text(encoding="utf-8") == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
     tmp = f"{os.fspath(path)}.part"
     with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            missing = [k for k in REQUIRED if k not in row]
-            if missing:
-                raise ValueError(f"manifest row lacks {missing}: {row}")
-            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+        f.write(text)
     os.replace(tmp, path)
 
 

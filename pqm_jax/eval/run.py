@@ -12,6 +12,7 @@ mixes speakers with one compiled program.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -25,11 +26,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pqm_jax import lora as lora_lib
-from pqm_jax import models
+from pqm_jax import models, multihost
 from pqm_jax.data import issues
 from pqm_jax.eval import report as report_lib
 from pqm_jax.eval import wer
 from pqm_jax.quant import tree as qtree
+from pqm_jax.run import bank as bank_lib
 from pqm_jax.run import results
 from pqm_jax.run import workdir as workdir_lib
 from pqm_jax.text import normalize
@@ -57,6 +59,8 @@ class EvalOptions:
         "fp32_30s" and "nf4_30s"), when the run trained on a shorter window.
       partial: score a run that has not finished (the report says what is missing); without
         it an unfinished run is an `IncompleteRunError`.
+      cache_speakers: adapted speakers kept in memory while decoding PQM (the rest are read
+        from the bank on disk when a batch needs them).
     """
 
     systems: tuple[str, ...] = SYSTEMS
@@ -69,6 +73,7 @@ class EvalOptions:
     speakers: tuple[str, ...] | None = None
     full_window_baselines: bool = False
     partial: bool = False
+    cache_speakers: int = 256
 
     def __post_init__(self):
         for name in ("beam_size", "batch_size"):
@@ -174,26 +179,34 @@ def decode_all(
     options: Any,
     tokenizer: Any,
     lora: Any = None,
-    bank_rows: np.ndarray | None = None,
+    bank: bank_lib.PagedBank | None = None,
+    speakers: Sequence[str] | None = None,
     batch_size: int = 8,
     desc: str = "decoding",
 ) -> list[str]:
-    """Transcripts of mel [N, n_mels, frames] in order; with `bank_rows` [N], `lora` is a bank and
-    utterance i uses adapters `bank_rows[i]` (gathered per batch; no recompilation)."""
+    """Transcripts of mel [N, n_mels, frames] in order. With `bank` and `speakers` [N],
+    utterance i uses speaker `speakers[i]`'s adapters: each batch gathers only its own
+    speakers' rows from the (paged) bank onto the device; one compiled program serves all."""
+    if (bank is None) != (speakers is None):
+        raise ValueError("decode_all needs both bank and speakers, or neither")
     n = mel.shape[0]
+    starts = list(range(0, n, batch_size))
+    mine = starts[multihost.share()]  # several processes: each decodes its share of batches
     out: list[str] = []
-    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", leave=False):
+    quiet = not multihost.primary()
+    for start in tqdm(mine, desc=desc, unit="batch", leave=False, disable=quiet):
         idx = np.arange(start, min(start + batch_size, n))
         pad = batch_size - len(idx)
         rows = np.concatenate([idx, np.repeat(idx[-1:], pad)])  # fixed shape: one compilation
         ad = lora
-        if bank_rows is not None:
-            ad = lora_lib.take(lora, jnp.asarray(bank_rows[rows]))
+        if bank is not None:
+            ad = jax.tree.map(jnp.asarray, bank.gather([speakers[r] for r in rows]))
         tokens, lengths = models.of(config).generate(
-            params, mel[rows], config=config, options=options, lora=ad, bank=bank_rows is not None
+            params, mel[rows], config=config, options=options, lora=ad, bank=bank is not None
         )
-        out += [tokenizer.decode(tokens[j, : lengths[j]]) for j in range(len(idx))]
-    return out
+        out.append([tokenizer.decode(tokens[j, : lengths[j]]) for j in range(len(idx))])
+    batches = multihost.interleave(multihost.gather_json(out), len(starts))
+    return [text for batch in batches for text in batch]
 
 
 def normalizer_for(res: results.Results, name: str) -> Callable[[str], str]:
@@ -219,7 +232,8 @@ def evaluate(
       WorkdirLocked: another process is running on `workdir`.
     """
     res = results.load(workdir)
-    with workdir_lib.lock(res.paths):
+    holder = workdir_lib.lock(res.paths) if multihost.primary() else contextlib.nullcontext()
+    with holder:
         return _evaluate(res, workdir, options, issues.default(report))
 
 
@@ -252,8 +266,8 @@ def _evaluate(
     sizes: dict[str, int] = {}
     kw = {"config": cfg, "options": dopts, "tokenizer": tok, "batch_size": options.batch_size}
     si = res.si_lora() if "nf4_si" in wanted else None
-    bank, names = res.bank(speakers) if "pqm" in wanted else (None, [])
-    one_speaker = lora_lib.take(bank, 0) if bank is not None else (si or None)
+    paged = res.paged_bank(options.cache_speakers) if "pqm" in wanted else None
+    one_speaker = paged.one(speakers[0]) if paged is not None else (si or None)
     for system in tqdm(wanted, desc="systems", unit="system"):
         if system == "fp32":
             full, full_cfg, _ = res.full_precision()
@@ -268,9 +282,10 @@ def _evaluate(
             sizes[system] = qtree.tree_nbytes(base) + qtree.tree_nbytes(si)
             hyps[system] = decode_all(base, data.mel, lora=si, desc=system, **kw)
         else:
-            rows = np.asarray([names.index(s) for s in data.speakers], np.int32)
             sizes[system] = qtree.tree_nbytes(base) + qtree.tree_nbytes(one_speaker)
-            hyps[system] = decode_all(base, data.mel, lora=bank, bank_rows=rows, desc=system, **kw)
+            hyps[system] = decode_all(
+                base, data.mel, bank=paged, speakers=data.speakers, desc=system, **kw
+            )
     # 30 s for released Whisper; a Conformer reads any length (None)
     full_window = family.full_window_s(res.backbone()[1])
     if options.full_window_baselines and full_window and mc.audio_window_s < full_window:
@@ -318,10 +333,12 @@ def _evaluate(
             "seconds": round(time.time() - t0, 1),
         },
     )
-    report_lib.write(rep, res.workdir)
-    with open(res.paths.transcripts, "w") as f:
-        for i, utt in enumerate(data.utt_ids):
-            row = {"utt_id": utt, "speaker": data.speakers[i], "ref": data.refs[i]}
-            row.update({s: hyps[s][i] for s in wanted})
-            f.write(json.dumps(row) + "\n")
+    if multihost.primary():
+        report_lib.write(rep, res.workdir)
+        with open(res.paths.transcripts, "w") as f:
+            for i, utt in enumerate(data.utt_ids):
+                row = {"utt_id": utt, "speaker": data.speakers[i], "ref": data.refs[i]}
+                row.update({s: hyps[s][i] for s in wanted})
+                f.write(json.dumps(row) + "\n")
+    multihost.barrier("pqm-evaluate-written")
     return rep

@@ -7,6 +7,7 @@ import warnings
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 
 from pqm_jax import checkpoint
 from pqm_jax.models import family as family_lib
@@ -38,6 +39,8 @@ def quantized(config: config_lib.RunConfig, workdir: workdir_lib.Workdir) -> tup
     params, cfg, tokenizer = load(config, workdir)
     path = workdir.ckpt("base")
     abstract = jax.eval_shape(lambda p: quantize(p, config.model), params)
+    if jax.process_count() > 1:  # every process takes the same branch below
+        multihost_utils.sync_global_devices("pqm-base")
     if path.exists():
         try:
             return checkpoint.restore(path, {"base": abstract})["base"], cfg, tokenizer
@@ -46,5 +49,5 @@ def quantized(config: config_lib.RunConfig, workdir: workdir_lib.Workdir) -> tup
             if jax.process_index() == 0:
                 shutil.rmtree(path)
     base = quantize(params, config.model)
-    checkpoint.save(path, {"base": base})
+    checkpoint.save(path, {"base": checkpoint.numpy_tree(base)})  # host arrays: any process count
     return base, cfg, tokenizer

@@ -116,12 +116,15 @@ class Stage3Spec(adapt.AdaptSchedule):
 
 @dataclasses.dataclass(frozen=True)
 class DistributedSpec:
-    """Multi-host start (`jax.distributed.initialize`); empty fields are auto-detected."""
+    """Multi-process start (`jax.distributed.initialize`); empty fields are auto-detected
+    (SLURM, TPU pods, Open MPI). timeout_s bounds the wait for the other processes at start
+    and how long a process that stopped answering is waited for before the others stop."""
 
     enabled: bool = False
     coordinator_address: str = ""
     num_processes: int = 0
     process_id: int = -1
+    timeout_s: int = 120
 
 
 @dataclasses.dataclass(frozen=True)

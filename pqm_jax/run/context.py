@@ -49,6 +49,7 @@ def store(
         window_s=window_s if other else config.model.audio_window_s,
         n_mels=n_mels,
         report=report,
+        write=jax.process_index() == 0,
     )
 
 

@@ -17,9 +17,10 @@ import shutil
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 
 from pqm_jax import lora as lora_lib
-from pqm_jax import sharding
+from pqm_jax import multihost, sharding
 from pqm_jax.data import corpus as corpus_lib
 from pqm_jax.run import backbone, context, metrics, pretrain, stages
 from pqm_jax.run import config as config_lib
@@ -31,26 +32,73 @@ _VOLATILE = ("debug", "distributed")
 
 
 def init_distributed(spec: config_lib.DistributedSpec) -> None:
-    """`jax.distributed.initialize` for a multi-host run; call before any other JAX use."""
-    if not spec.enabled:
+    """`jax.distributed.initialize` for a multi-process run; call before any other JAX use.
+
+    CPU collectives go through gloo. A coordinator on a loopback address (127.0.0.1:PORT, one
+    machine) is also bound there, and gloo's own connections use 127.0.0.1 too: nothing of
+    such a run leaves the machine."""
+    if not spec.enabled or jax.distributed.is_initialized():
         return
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {
+        "initialization_timeout": spec.timeout_s,
+        "heartbeat_timeout_seconds": max(10, spec.timeout_s // 4),
+        "shutdown_timeout_seconds": spec.timeout_s,
+    }
     if spec.coordinator_address:
         kwargs["coordinator_address"] = spec.coordinator_address
+        host = spec.coordinator_address.rpartition(":")[0].strip("[]")
+        if host in ("127.0.0.1", "localhost", "::1"):
+            kwargs["coordinator_bind_address"] = spec.coordinator_address
+            _loopback_gloo()
     if spec.num_processes:
         kwargs["num_processes"] = spec.num_processes
     if spec.process_id >= 0:
         kwargs["process_id"] = spec.process_id
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
+    multihost.start_watchdog(spec.timeout_s)
+
+
+def _loopback_gloo() -> None:
+    """Makes JAX's gloo CPU collectives connect over 127.0.0.1 (by default gloo uses the
+    address of the machine's hostname)."""
+    from jax._src import xla_bridge
+
+    make = xla_bridge._jax.make_gloo_tcp_collectives
+    if getattr(make, "pqm_loopback", False):
+        return
+
+    def loopback(*, distributed_client, hostname=None, interface=None):
+        return make(distributed_client=distributed_client, hostname=hostname or "127.0.0.1")
+
+    loopback.pqm_loopback = True
+    xla_bridge._jax.make_gloo_tcp_collectives = loopback
 
 
 def check_workdir(config: config_lib.RunConfig, workdir: str | os.PathLike) -> None:
     """Writes `config.json`, or checks that a resumed run uses the same configuration (a
     folder whose run failed before training, e.g. on a late config error, is taken over).
+    With several processes, process 0 decides and writes; the others then check.
 
     Raises:
       ConfigError: the work folder holds a run with a different configuration that trained.
     """
+    if jax.process_count() == 1:
+        return _check_workdir(config, workdir)
+    error = None
+    if _primary():
+        try:
+            _check_workdir(config, workdir)
+        except config_lib.ConfigError as e:
+            error = e
+    multihost_utils.sync_global_devices("pqm-config")
+    if not _primary():
+        _check_workdir(config, workdir)
+    if error is not None:
+        raise error
+
+
+def _check_workdir(config: config_lib.RunConfig, workdir: str | os.PathLike) -> None:
     wd = workdir_lib.Workdir.of(workdir)
     current = config_lib.to_dict(config)
     if wd.config.is_file():
@@ -118,6 +166,22 @@ def initial_adapters(run: context.Run) -> Any:
     return lora_lib.init(run.base, context.lora_config(run.config), key=key)
 
 
+def build_corpus(
+    config: config_lib.RunConfig, wd: workdir_lib.Workdir, report: Any
+) -> corpus_lib.Corpus:
+    """The run's corpus. With several processes, process 0 renders and lists it first, the
+    others then list what it wrote (no file is written by two processes)."""
+    if jax.process_count() == 1:
+        return corpus_lib.build(config.data, wd.data, report=report)
+    corpus = corpus_lib.build(config.data, wd.data, report=report) if _primary() else None
+    multihost_utils.sync_global_devices("pqm-corpus")
+    return corpus if corpus is not None else corpus_lib.build(config.data, wd.data, report=report)
+
+
+def _primary() -> bool:
+    return jax.process_index() == 0
+
+
 def run_pipeline(
     config: config_lib.RunConfig, workdir: str | pathlib.Path, *, progress: bool = True
 ) -> dict[str, Any]:
@@ -150,7 +214,7 @@ def _run(config: config_lib.RunConfig, wd: workdir_lib.Workdir, *, progress: boo
     run = setup(config, wd, progress=progress)
     try:
         run.writer.event("start", config=config_lib.to_dict(config))
-        corpus = corpus_lib.build(config.data, wd.data, report=run.store.report)
+        corpus = build_corpus(config, wd, run.store.report)
         run.writer.event("corpus", summary=corpus.summary())
         si_lora, info = stages.stage2(run, corpus, initial_adapters(run))
         manifest = stages.stage3(run, corpus, si_lora) if config.stage3.enabled else None

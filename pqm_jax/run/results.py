@@ -3,8 +3,9 @@
     res = results.load(workdir)
     base, model_config = res.model()            # quantised, cut to the training audio window
     si = res.si_lora()                          # stage-2 adapters
-    lora = res.speaker_lora("en-029")           # one speaker: reads only its files
-    bank, names = res.bank()                    # all adapted speakers stacked [S, ...]
+    lora = res.speaker_lora("en-029")           # one speaker: reads only its row
+    paged = res.paged_bank()                    # any speaker's adapters, a page at a time
+    bank, names = res.bank()                    # all adapted speakers stacked [S, ...] (small runs)
     corpus = res.corpus()                       # the same adapt/dev/test splits
     mel = res.feature_store().get(entry)        # cached log-mel of any entry
 
@@ -15,7 +16,6 @@ the adapters were trained on that window.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -26,6 +26,7 @@ from pqm_jax import lora as lora_lib
 from pqm_jax.data import corpus as corpus_lib
 from pqm_jax.data import feature_store, issues
 from pqm_jax.run import backbone, context
+from pqm_jax.run import bank as bank_lib
 from pqm_jax.run import config as config_lib
 from pqm_jax.run import workdir as workdir_lib
 
@@ -44,9 +45,9 @@ class Results:
 
     @property
     def manifest(self) -> dict[str, Any]:
-        """stage3/manifest.json ({} before stage 3 has finished a chunk)."""
-        path = self.paths.manifest
-        return json.loads(path.read_text()) if path.is_file() else {}
+        """stage3/manifest.jsonl as one dict ({} before stage 3 has started): format, slots,
+        chunks, "speakers" {name: results + chunk and row}, "complete"."""
+        return bank_lib.manifest(bank_lib.read_lines(self.paths))
 
     def speakers(self) -> list[str]:
         """Adapted speakers, sorted."""
@@ -83,20 +84,21 @@ class Results:
     def si_info(self) -> dict[str, Any]:
         return checkpoint.restore(self.paths.stage2_final, {"info": checkpoint.Json()})["info"]
 
+    def paged_bank(self, cache_speakers: int = 256) -> bank_lib.PagedBank:
+        """The adapted speakers' bank read from disk on request (see `run.bank.PagedBank`)."""
+        return bank_lib.PagedBank(self.paths, self._template(), cache_speakers=cache_speakers)
+
     def speaker_lora(self, speaker: str, template: Any = None) -> Any:
-        """One speaker's best adapters (only its own files are read and verified)."""
-        row = self.manifest.get("speakers", {}).get(speaker)
-        if row is None:
-            raise KeyError(f"speaker {speaker!r} not adapted; adapted: {self.speakers()}")
-        path = self.paths.chunk(row["chunk"])
-        template = template if template is not None else self._template()
-        return checkpoint.restore(path, {row["item"]: template})[row["item"]]
+        """One speaker's best adapters (only its own row is read)."""
+        paged = bank_lib.PagedBank(self.paths, template or self._template(), cache_speakers=0)
+        return jax.tree.map(jax.numpy.asarray, paged.one(speaker))
 
     def bank(self, speakers: list[str] | None = None) -> tuple[Any, list[str]]:
-        """(adapters of `speakers` (default all) stacked [S, ...], speaker index)."""
-        names = self.speakers() if speakers is None else list(speakers)
-        template = self._template()
-        return lora_lib.stack([self.speaker_lora(s, template) for s in names]), names
+        """(adapters of `speakers` (default all) stacked [S, ...], speaker index), in memory:
+        for small runs; evaluation pages speakers in with `paged_bank` instead."""
+        paged = bank_lib.PagedBank(self.paths, self._template(), cache_speakers=0)
+        names = paged.speakers if speakers is None else list(speakers)
+        return jax.tree.map(jax.numpy.asarray, paged.gather(names)), names
 
     def corpus(self, report: issues.InputReport | None = None) -> corpus_lib.Corpus:
         """The run's corpus (same splits; synthetic audio is reused, not re-rendered)."""

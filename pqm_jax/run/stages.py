@@ -9,9 +9,7 @@ adapters of an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import pathlib
 import shutil
 import warnings
@@ -25,6 +23,7 @@ from jax.experimental import multihost_utils
 from pqm_jax import checkpoint, sharding
 from pqm_jax.data import feature_store
 from pqm_jax.quant import tree as qtree
+from pqm_jax.run import bank as bank_lib
 from pqm_jax.run import config as config_lib
 from pqm_jax.run import context
 from pqm_jax.run import workdir as workdir_lib
@@ -57,7 +56,7 @@ def _dev_accuracy(run, eval_fn, lora, dev: ex.Examples | None, batch: int) -> fl
         return float("nan")
     correct = tokens = 0.0
     for idx in ex.eval_batches(dev, batch):
-        stats = jax.device_get(eval_fn(lora, run.base, _put(run, ex.take_padded(dev, idx), 0)))
+        stats = sharding.to_host(eval_fn(lora, run.base, _put(run, ex.take_padded(dev, idx), 0)))
         correct += float(stats["correct"])
         tokens += float(stats["tokens"])
     return correct / max(tokens, 1.0)
@@ -196,7 +195,7 @@ def train_tree(
         batch = _put(run, ex.micro(batch, a), 1)
         tree, opt_state, m = step_fn(tree, opt_state, run.base, batch, jnp.int32(step), key)
         step += 1
-        m = {k: float(v) for k, v in jax.device_get(m).items()}
+        m = {k: float(v) for k, v in sharding.to_host(m).items()}
         _check_loss(sched.name, step, m["loss"])
         run.writer.write(sched.name, step, m, epoch=(step - 1) // per_epoch)
         bar.update(1)
@@ -276,39 +275,54 @@ def _remove(path: pathlib.Path) -> None:
         multihost_utils.sync_global_devices(f"removed {path}")
 
 
-def _write_json(path: pathlib.Path, value: Any) -> None:
-    if jax.process_index() != 0:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
-
-
-def _finished(run: context.Run, index: int, chunk: tuple[str, ...]) -> list[dict] | None:
-    """Results of chunk `index` when its bank folder is complete and holds these speakers."""
-    path = run.workdir.chunk(index)
-    if not path.exists():
+def _finished(
+    run: context.Run, index: int, chunk: tuple[str, ...], *, verify: bool = True
+) -> list[dict] | None:
+    """Results of chunk `index` when its bank files are complete and hold these speakers."""
+    if not run.workdir.chunk(index).exists():
         return None
     try:
-        checkpoint.verify(path)  # every speaker's files, not only the results
-        rows = checkpoint.restore(path, {"results": checkpoint.Json()})["results"]
-    except (checkpoint.CorruptCheckpointError, KeyError) as e:
+        record = bank_lib.read_record(run.workdir, index, verify=verify)
+    except bank_lib.DamagedChunk as e:
         warnings.warn(f"redoing chunk {index}: {e}", checkpoint.CheckpointWarning, stacklevel=2)
-        _remove(path)
+        _remove(run.workdir.chunk(index))
         return None
-    if tuple(r["speaker"] for r in rows) != chunk:
-        raise RuntimeError(f"{path} holds other speakers than planned; use a fresh workdir")
-    return rows
+    if tuple(record["speakers"]) != chunk:
+        raise RuntimeError(
+            f"{run.workdir.chunk(index)} holds other speakers than planned; use a fresh workdir"
+        )
+    return record["results"]
+
+
+def _open_manifest(run: context.Run, header: dict[str, Any]) -> dict[int, list[dict]]:
+    """Chunks the manifest already lists ({index: rows}); starts it (or cuts a torn last
+    line) when needed, so that appending continues a well-formed file."""
+    paths = run.workdir
+    lines = bank_lib.read_lines(paths)
+    on_disk = paths.manifest.read_text() if paths.manifest.is_file() else ""
+    if not lines or lines[0] != header:
+        bank_lib.write_lines(paths, [header])
+        return {}
+    if on_disk.count("\n") != len(lines):  # a line cut short by a kill
+        bank_lib.write_lines(paths, lines)
+    return {r["chunk"]: r["speakers"] for r in lines[1:] if "chunk" in r}
 
 
 def stage3(run: context.Run, corpus: corpus_lib.Corpus, init_lora: Any) -> dict[str, Any]:
     """Adapts every target speaker (vmapped chunks); returns the manifest it writes."""
-    spec = run.config.stage3
-    config = spec.adapt_config(run.config.data.seed)
     data = speaker_data(run, corpus)
     if not data:
         raise config_lib.ConfigError("stage3: no target speaker has adaptation and dev data")
+    return adapt_speakers(run, data, init_lora)
+
+
+def adapt_speakers(
+    run: context.Run, data: dict[str, adapt.SpeakerData], init_lora: Any
+) -> dict[str, Any]:
+    """Stage 3 over `data` (features may stay on disk: each chunk loads its own when it
+    starts): chunks of `chunk_speakers`, each written to the bank when done; resumes."""
+    spec = run.config.stage3
+    config = spec.adapt_config(run.config.data.seed)
     config = dataclasses.replace(config, chunk_speakers=chunk_speakers(run, data, init_lora))
     slots = adapt.slots_for(config, len(data), run.mesh)
     programs = adapt.compile_programs(
@@ -323,32 +337,36 @@ def stage3(run: context.Run, corpus: corpus_lib.Corpus, init_lora: Any) -> dict[
     key = run.key(context.KEY_STAGE3)
     series = checkpoint.Series(run.workdir.ckpt("stage3"))
     speakers_bar = run.bar(total=len(data), desc="stage 3 speakers", unit="speaker")()
-    manifest = {
-        "format": 1,
+    header = {
+        "header": True,
+        "format": bank_lib.FORMAT,
         "audio_window_s": run.config.model.audio_window_s,
         "slots": slots,
         "chunks": [workdir_lib.chunk_name(i) for i in range(len(plan))],
-        "speakers": {},
-        "complete": False,
     }
+    listed = _open_manifest(run, header)
+    appended = False
     for index, chunk in enumerate(plan):
         rows = _finished(run, index, chunk)
         if rows is None:
             mem = chunk_data(data, chunk)
             rows = _run_chunk(run, index, chunk, init_lora, mem, series, programs, config, key)
             del mem
-        for i, row in enumerate(rows):
-            manifest["speakers"][row["speaker"]] = row | {"chunk": index, "item": _item(i)}
+        if listed.get(index) != rows:
+            bank_lib.append_line(run.workdir, {"chunk": index, "speakers": rows})
+            appended = True
         speakers_bar.update(len(chunk))
-        _write_json(run.workdir.manifest, manifest)
     speakers_bar.close()
-    manifest["complete"] = True
-    _write_json(run.workdir.manifest, manifest)
-    return manifest
+    lines = bank_lib.read_lines(run.workdir)
+    if appended or not lines[-1].get("complete"):
+        bank_lib.append_line(run.workdir, {"complete": True})
+    _barrier("pqm-stage3-manifest")
+    return bank_lib.manifest(bank_lib.read_lines(run.workdir))
 
 
-def _item(slot: int) -> str:
-    return f"s{slot:04d}"
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def _chunk_targets(programs: adapt.Programs, init_lora: Any) -> dict[str, Any]:
@@ -424,11 +442,9 @@ def _run_chunk(run, index, chunk, init_lora, data, series, programs, config, key
     )
     bar.close()
     rows = [r.__dict__ for r in adapt.results(state, config)]
-    best = jax.device_get(state.best)
-    items: dict[str, Any] = {
-        _item(i): jax.tree.map(lambda x, i=i: np.asarray(x[i]), best) for i in range(len(chunk))
-    }
-    checkpoint.save(run.workdir.chunk(index), items | {"results": checkpoint.Json(rows)})
+    best = sharding.to_host(state.best)
+    flat = bank_lib.flatten(best, len(chunk))
+    bank_lib.write_chunk(run.workdir, index, flat, chunk, rows, init_lora)
     series.clear()
     run.writer.event("chunk", index=index, results=rows)
     return rows

@@ -10,8 +10,10 @@ ckpt/base              the quantised base, saved once
 ckpt/pretrain, stage2, stage3    rolling checkpoints of the running stage (adapters,
                        optimiser state, data position); deleted when its result is saved
 stage2/final           the selected speaker-independent adapters (+ info)
-stage3/bank/chunk_NNNN one speaker per item (restore one without reading the others)
-stage3/manifest.json   speakers -> chunk/item, steps, start and best dev accuracy
+stage3/bank/chunk_NNNN adapters.npy (the chunk's speakers stacked, one row each) and
+                       chunk.json (speakers, results, layout, checksum); see `run.bank`
+stage3/manifest.jsonl  appended: a header, one line per finished chunk (speakers -> results,
+                       chunk, row), then "complete"
 report.json/.md/.png, transcripts.jsonl    the evaluation
 """
 
@@ -38,6 +40,8 @@ METRICS_PLOT = "metrics.png"
 REPORT = {"json": "report.json", "md": "report.md", "png": "report.png"}
 TRANSCRIPTS = "transcripts.jsonl"
 LOCK = ".lock"
+CHUNK_ARRAYS = "adapters.npy"
+CHUNK_RECORD = "chunk.json"
 
 
 class WorkdirLocked(RuntimeError):
@@ -99,7 +103,7 @@ class Workdir:
 
     @property
     def manifest(self) -> pathlib.Path:
-        return self.root / "stage3" / "manifest.json"
+        return self.root / "stage3" / "manifest.jsonl"
 
     def report(self, kind: str) -> pathlib.Path:
         """The evaluation's report file of `kind` ("json", "md", "png")."""

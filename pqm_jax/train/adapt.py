@@ -220,14 +220,14 @@ def _compile(lora, config, optimizer, mesh, base_shardings, slots) -> Programs:
     vec = sharding.leading(mesh)
     rep = sharding.replicated(mesh)
     return Programs(
-        step=jax.jit(
+        step=sharding.jit(
             vstep,
             in_shardings=(bank_s, opt_s, base_shardings, vec, vec, vec, vec, vec, vec, rep),
             out_shardings=(bank_s, opt_s, vec),
         ),
-        evaluate=jax.jit(veval, in_shardings=(bank_s, base_shardings, vec), out_shardings=vec),
-        select=jax.jit(_select, in_shardings=(bank_s, bank_s, vec), out_shardings=bank_s),
-        init_opt=jax.jit(
+        evaluate=sharding.jit(veval, in_shardings=(bank_s, base_shardings, vec), out_shardings=vec),
+        select=sharding.jit(_select, in_shardings=(bank_s, bank_s, vec), out_shardings=bank_s),
+        init_opt=sharding.jit(
             jax.vmap(functools.partial(optim.init, optimizer)),
             in_shardings=(bank_s,),
             out_shardings=opt_s,
@@ -339,7 +339,7 @@ def evaluate(state: ChunkState, bank: Any, base: dict, data, *, config, programs
             idx = np.where((idx < len(dev)) & (i < len(state.speakers)), idx, -1)
             rows.append(ex.take_padded(dev, idx))
         batch = {key: np.stack([r[key] for r in rows]) for key in rows[0]}
-        stats = jax.device_get(programs.evaluate(bank, base, batch))
+        stats = sharding.to_host(programs.evaluate(bank, base, batch))
         correct += stats["correct"]
         tokens += stats["tokens"]
     acc = correct / np.maximum(tokens, 1.0)
@@ -399,7 +399,7 @@ def advance(
     if due.any():
         acc = evaluate(state, state.bank, base, data, config=config, programs=programs)
         _record_eval(state, acc, due, programs, config)
-    out = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+    out = {k: np.asarray(v) for k, v in sharding.to_host(metrics).items()}
     return out | {"trained": was_active, "evaluated": due, "dev_accuracy": acc}
 
 
@@ -465,7 +465,7 @@ def adapt(
         state = run_chunk(
             state, base, data, key, config=config, optimizer=optimizer, programs=programs
         )
-        host = jax.device_get(state.best)
+        host = sharding.to_host(state.best)
         for i, s in enumerate(chunk):
             best[s] = jax.tree.map(lambda x, i=i: x[i], host)
         out += results(state, config)

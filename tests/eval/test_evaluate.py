@@ -15,6 +15,7 @@ from pqm_jax import lora as lora_lib
 from pqm_jax.data import issues
 from pqm_jax.eval import run
 from pqm_jax.models.whisper import decoding
+from pqm_jax.run import bank as bank_lib
 from pqm_jax.run import config as config_lib
 from pqm_jax.run import pipeline, results
 
@@ -66,17 +67,16 @@ def test_mixed_speaker_batches_equal_each_speaker_alone(trained):
     base, cfg = res.model()
     tok = res.tokenizer()
     opts = decoding.DecodeOptions(prompt=tuple(tok.prompt()), eot=tok.special.eot, max_new_tokens=8)
-    rows = np.asarray([names.index(s) for s in data.speakers], np.int32)
     # interleave speakers so every batch mixes them
-    order = np.argsort(np.arange(len(rows)) % 3, kind="stable")
+    order = np.argsort(np.arange(len(data.speakers)) % 3, kind="stable")
     mixed = run.decode_all(
         base,
         data.mel[order],
         config=cfg,
         options=opts,
         tokenizer=tok,
-        lora=bank,
-        bank_rows=rows[order],
+        bank=bank_lib.StackedBank(bank, names),
+        speakers=[data.speakers[o] for o in order],
         batch_size=4,
     )
     for k, name in enumerate(names):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pqm_jax import checkpoint
+from pqm_jax.run import bank, pipeline, results, workdir
 from pqm_jax.run import config as config_lib
-from pqm_jax.run import pipeline, results, workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -39,8 +39,7 @@ def _copy(finished, tmp_path):
 
 def test_a_deleted_bank_file_redoes_its_chunk(finished, tmp_path):
     wd, paths = _copy(finished, tmp_path)
-    victim = next(p for p in sorted((paths.chunk(0) / "s0000").rglob("*")) if p.is_file())
-    victim.unlink()
+    (paths.chunk(0) / workdir.CHUNK_ARRAYS).unlink()
     with pytest.warns(checkpoint.CheckpointWarning, match=r"redoing chunk 0: .* is missing"):
         pipeline.run_pipeline(_tiny(), wd, progress=False)
     res = results.load(wd)
@@ -50,11 +49,26 @@ def test_a_deleted_bank_file_redoes_its_chunk(finished, tmp_path):
 
 def test_damaged_chunk_results_are_redone_not_a_file_exists_error(finished, tmp_path):
     wd, paths = _copy(finished, tmp_path)
-    f = next(p for p in sorted((paths.chunk(1) / "results").rglob("*")) if p.is_file())
-    f.write_bytes(b"garbage")
-    with pytest.warns(checkpoint.CheckpointWarning, match="redoing chunk 1"):
+    (paths.chunk(1) / workdir.CHUNK_RECORD).write_bytes(b"garbage")
+    with pytest.warns(checkpoint.CheckpointWarning, match="redoing chunk 1: .* is damaged"):
         pipeline.run_pipeline(_tiny(), wd, progress=False)
-    assert checkpoint.is_valid(paths.chunk(1))
+    assert bank.is_valid(paths, 1)
+    res = results.load(wd)
+    for s, lora in finished[1].items():
+        _same(res.speaker_lora(s), lora)
+
+
+def test_altered_adapters_are_found_by_their_checksum(finished, tmp_path):
+    wd, paths = _copy(finished, tmp_path)
+    arrays = paths.chunk(0) / workdir.CHUNK_ARRAYS
+    data = bytearray(arrays.read_bytes())
+    data[-3] ^= 0xFF
+    arrays.write_bytes(bytes(data))
+    with pytest.warns(checkpoint.CheckpointWarning, match="redoing chunk 0: .* checksum"):
+        pipeline.run_pipeline(_tiny(), wd, progress=False)
+    res = results.load(wd)
+    for s, lora in finished[1].items():
+        _same(res.speaker_lora(s), lora)
 
 
 def test_a_damaged_stage2_result_is_trained_again(finished, tmp_path):
