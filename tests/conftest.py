@@ -1,12 +1,23 @@
 """Test-session set-up shared by every test module.
 
 Eight fake CPU devices let sharding tests build real meshes on a laptop or a 2-core CI machine;
-it must be set before jax is imported anywhere.
+it must be set before jax is imported anywhere. A compilation cache for the session (JAX's
+persistent cache, in a temporary folder; inherited by the train.py / evaluate.py processes the
+tests launch) compiles each program once, not once per process: the same executables, in
+about half the time of a tiny run.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="pqm_test_jax_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -73,3 +84,16 @@ def tone_fixture():
 def write_audio_fixture():
     """The `write_audio(path, samples, rate=16000, **soundfile_kwargs)` helper."""
     return write_audio
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> pathlib.Path:
+    """`configs/tiny_test.py` trained once per session, in this process (mesh.data=2): a
+    finished run folder. Tests that change it work on a copy."""
+    from pqm_jax.run import config as config_lib
+    from pqm_jax.run import pipeline
+
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    config = config_lib.from_dict(config_lib.load_file(REPO / "configs" / "tiny_test.py"))
+    pipeline.run_pipeline(config, workdir, progress=False)
+    return workdir

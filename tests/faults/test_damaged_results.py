@@ -19,11 +19,9 @@ def _tiny():
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    wd = tmp_path_factory.mktemp("finished")
-    pipeline.run_pipeline(_tiny(), wd, progress=False)
-    res = results.load(wd)
-    return wd, {s: res.speaker_lora(s) for s in res.speakers()}, res.si_lora()
+def finished(tiny_run):
+    res = results.load(tiny_run)
+    return tiny_run, {s: res.speaker_lora(s) for s in res.speakers()}, res.si_lora()
 
 
 def _same(a, b):
