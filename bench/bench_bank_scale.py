@@ -2,7 +2,7 @@
 spent writing, each speaker count in its own process (peak RSS is per process).
 
 Setting: the `configs/tiny_test.py` model (random 1-layer Whisper, d_model 64, 80 mel bins,
-2 s window, LoRA r 2, NF4 base) on one device, through the real stage-3 driver
+LoRA r 2, NF4 base) cut to a `--window` s audio window (0.5 s), on one device, through the real stage-3 driver
 (`run.stages.adapt_speakers`: chunking by `stage3.memory_budget_mb`, per-chunk feature loading,
 bank chunk files, the appended manifest, rolling checkpoints every `--ckpt_every` steps).
 Each speaker has 2 adaptation and 1 dev utterances whose log-mel are produced when a chunk
@@ -15,7 +15,7 @@ and TensorBoard scalars, per speaker at each evaluation), and the chunk plan. Th
 RSS and seconds per speaker against the smallest count, measured in the same run.
 
 Run: python bench/bench_bank_scale.py [--speakers 1000,10000] [--budget_mb 64]
-       [--ckpt_every 0] [--json FILE]
+       [--window 0.5] [--ckpt_every 0] [--json FILE]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _one(n: int, budget_mb: float, ckpt_every: int, workdir: str) -> dict:
+def _one(n: int, budget_mb: float, ckpt_every: int, window: float, workdir: str) -> dict:
     """Runs stage 3 for `n` speakers in this process; the row for the table."""
     import jax
     import numpy as np
@@ -49,6 +49,7 @@ def _one(n: int, budget_mb: float, ckpt_every: int, workdir: str) -> dict:
     c.stage3.memory_budget_mb = budget_mb
     c.stage3.ckpt_every = ckpt_every
     c.lora.dropout = 0.0
+    c.model.audio_window_s = window
     config = config_lib.from_dict(c)
     run = pipeline.setup(config, workdir, progress=False)
     init = pipeline.initial_adapters(run)
@@ -116,13 +117,14 @@ def main() -> None:
     p.add_argument("--speakers", default="1000,10000")
     p.add_argument("--budget_mb", type=float, default=64.0)
     p.add_argument("--ckpt_every", type=int, default=0)
+    p.add_argument("--window", type=float, default=0.5, help="audio window, s")
     p.add_argument("--json", default="")
     p.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         with tempfile.TemporaryDirectory(prefix="pqm_bank_scale_") as wd:
-            row = _one(args.one, args.budget_mb, args.ckpt_every, wd)
+            row = _one(args.one, args.budget_mb, args.ckpt_every, args.window, wd)
         pathlib.Path(args.out).write_text(json.dumps(row))
         return
     rows = []
@@ -130,6 +132,7 @@ def main() -> None:
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             cmd = [sys.executable, __file__, "--one", str(n), "--out", out.name]
             cmd += ["--budget_mb", str(args.budget_mb), "--ckpt_every", str(args.ckpt_every)]
+            cmd += ["--window", str(args.window)]
             subprocess.run(cmd, check=True, env=_env())
             rows.append(json.loads(pathlib.Path(out.name).read_text()))
         print(f"done: {n} speakers", file=sys.stderr)

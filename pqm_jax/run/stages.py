@@ -253,18 +253,58 @@ def chunk_data(data: dict[str, adapt.SpeakerData], chunk: tuple[str, ...]) -> di
     }
 
 
-def chunk_speakers(run: context.Run, data: dict[str, adapt.SpeakerData], init_lora: Any) -> int:
+def chunk_speakers(
+    run: context.Run,
+    data: dict[str, adapt.SpeakerData],
+    init_lora: Any,
+    *,
+    working: tuple[int, int] | None = None,
+) -> int:
     """Speakers per chunk: `stage3.chunk_speakers`, else as many as `stage3.memory_budget_mb`
-    holds (each slot: 4 copies of the adapters, for the bank, two Adam moments and the best
-    so far, plus the features of the largest speaker). A function of the config and the data
-    only, so a resumed run plans the same chunks."""
+    holds. Each slot costs 4 copies of the adapters (the bank, two Adam moments, the best so
+    far), the features of the largest speaker, and its share of the compiled update's working
+    memory (activations, gradients); the update's shared working memory (e.g. the base
+    dequantised) is paid once. Both come from XLA's memory analysis of the step compiled for
+    one and for two slots per device (`working` = (shared, per slot) bytes skips that). A
+    function of the config, the data and the backend only, so a resumed run plans the same
+    chunks."""
     spec = run.config.stage3
     if spec.chunk_speakers:
         return spec.chunk_speakers
+    shared, per_slot_work = working if working is not None else _working(run, data, init_lora)
     adapters = 4 * qtree.tree_nbytes(init_lora)
     features = max(d.train.mel_bytes + d.dev.mel_bytes for d in data.values())
-    fits = int(spec.memory_budget_mb * 2**20) // (adapters + features)
+    per_slot = adapters + features + per_slot_work
+    fits = (int(spec.memory_budget_mb * 2**20) - shared) // per_slot
     return max(1, min(len(data), fits))
+
+
+def _working(run: context.Run, data: dict[str, adapt.SpeakerData], init_lora: Any):
+    """(shared, per slot) working bytes of the stage-3 update ((0, 0) when the backend does
+    not report them)."""
+    spec = run.config.stage3
+    config = spec.adapt_config(run.config.data.seed)
+    d = run.mesh.shape[sharding.DATA]
+    one = chunk_data(data, tuple(sorted(data)[:1]))
+    temps = []
+    for slots in (d, 2 * d):
+        programs = adapt.compile_programs(
+            lora=init_lora,
+            config=run.step_config,
+            optimizer=spec.optim,
+            mesh=run.mesh,
+            base_shardings=run.base_shardings,
+            slots=slots,
+        )
+        temps.append(
+            adapt.step_temp_bytes(
+                programs, init_lora, run.base, one, config=config, optimizer=spec.optim
+            )
+        )
+    if None in temps:
+        return 0, 0
+    per_slot = max(0, -(-(temps[1] - temps[0]) // d))
+    return max(0, temps[0] - d * per_slot), per_slot
 
 
 def _remove(path: pathlib.Path) -> None:

@@ -472,6 +472,31 @@ def adapt(
     return best, out
 
 
+def step_temp_bytes(
+    programs: Programs,
+    init_lora: Any,
+    base: dict,
+    data: Mapping[str, SpeakerData],
+    *,
+    config: AdaptConfig,
+    optimizer: optim.OptimConfig,
+) -> int | None:
+    """Working memory of one compiled update of `programs.slots` slots (XLA's
+    `memory_analysis().temp_size_in_bytes`; activations, gradients, Adam's update), or None
+    when the backend does not report it. Compiles the step for the first speaker of `data`."""
+    first = sorted(data)[:1]
+    state = init_chunk(0, tuple(first), init_lora, data, config=config, programs=programs)
+    batch = _slot_batches(state, data, config, optimizer.accumulate)
+    t = state.tracker
+    vec = [np.asarray(t[k], np.int32) for k in ("step", "per_epoch", "total")]
+    vec += [t["active"].astype(bool), np.zeros(programs.slots, np.int32)]
+    args = (state.bank, state.opt_state, base, batch, *vec, jax.random.key(0))
+    try:
+        return int(programs.step.lower(*args).compile().memory_analysis().temp_size_in_bytes)
+    except Exception:  # not every backend reports it
+        return None
+
+
 def slots_for(config: AdaptConfig, n_speakers: int, mesh: jax.sharding.Mesh) -> int:
     """Slots per chunk: `chunk_speakers` (or every speaker) rounded up to the "data" axis."""
     d = mesh.shape[sharding.DATA]

@@ -36,9 +36,12 @@ def test_chunks_hold_what_the_budget_allows():
     spec = config_lib.Stage3Spec(memory_budget_mb=5)
     run = types.SimpleNamespace(config=types.SimpleNamespace(stage3=spec))
     per_slot = 4 * 400_000 + 10 * 160
-    assert stages.chunk_speakers(run, data, lora) == 5 * 2**20 // per_slot == 3
+    assert stages.chunk_speakers(run, data, lora, working=(0, 0)) == 5 * 2**20 // per_slot == 3
+    # the compiled update's working memory counts too: per slot, and once for all
+    assert stages.chunk_speakers(run, data, lora, working=(2 * 2**20, 0)) == 1
+    assert stages.chunk_speakers(run, data, lora, working=(0, 1_000_000)) == 2
     run.config.stage3 = config_lib.Stage3Spec(memory_budget_mb=10**6)
-    assert stages.chunk_speakers(run, data, lora) == 10  # never more than the speakers
+    assert stages.chunk_speakers(run, data, lora, working=(0, 0)) == 10  # never more than all
     run.config.stage3 = config_lib.Stage3Spec(chunk_speakers=4, memory_budget_mb=1)
     assert stages.chunk_speakers(run, data, lora) == 4  # an explicit size wins
     lazy = {s: adapt.SpeakerData(_examples(3, lazy=True), _examples(1, lazy=True)) for s in "ab"}
