@@ -55,6 +55,18 @@ SECTIONS = {
         "--speakers 1,8,64,512 --chunk 64 --window 1 --tokens 8 --batch 1 --repeats 2",
         "--speakers 1,4 --chunk 4 --window 1 --tokens 8 --batch 1 --repeats 2",
     ),
+    "bank_scale": (
+        "Stage 3 at 1,000 and 10,000 speakers: memory, time, writing",
+        "bench/bench_bank_scale.py",
+        "--speakers 1000,10000 --budget_mb 512",
+        "--speakers 20,60 --budget_mb 512",
+    ),
+    "paged_bank": (
+        "Decoding from a bank of 10,000 speakers: paged against in memory",
+        "bench/bench_paged_bank.py",
+        "--speakers 10000 --rank 32 --batch 8 --batches 20 --cache 64",
+        "--speakers 200 --rank 4 --batch 4 --batches 3 --cache 8",
+    ),
 }
 
 

@@ -265,7 +265,7 @@ def chunk_speakers(
     far), the features of the largest speaker, and its share of the compiled update's working
     memory (activations, gradients); the update's shared working memory (e.g. the base
     dequantised) is paid once. Both come from XLA's memory analysis of the step compiled for
-    one and for two slots per device (`working` = (shared, per slot) bytes skips that). A
+    8 and for 16 slots per device (`working` = (shared, per slot) bytes skips that). A
     function of the config, the data and the backend only, so a resumed run plans the same
     chunks."""
     spec = run.config.stage3
@@ -279,32 +279,35 @@ def chunk_speakers(
     return max(1, min(len(data), fits))
 
 
+def _temp_bytes(run: context.Run, data, init_lora: Any, slots: int) -> int | None:
+    spec = run.config.stage3
+    programs = adapt.compile_programs(
+        lora=init_lora,
+        config=run.step_config,
+        optimizer=spec.optim,
+        mesh=run.mesh,
+        base_shardings=run.base_shardings,
+        slots=slots,
+    )
+    one = chunk_data(data, tuple(sorted(data)[:1]))
+    config = spec.adapt_config(run.config.data.seed)
+    return adapt.step_temp_bytes(
+        programs, init_lora, run.base, one, config=config, optimizer=spec.optim
+    )
+
+
 def _working(run: context.Run, data: dict[str, adapt.SpeakerData], init_lora: Any):
     """(shared, per slot) working bytes of the stage-3 update ((0, 0) when the backend does
-    not report them)."""
-    spec = run.config.stage3
-    config = spec.adapt_config(run.config.data.seed)
+    not report them). A few speakers: the one chunk's own program says it (all shared)."""
     d = run.mesh.shape[sharding.DATA]
-    one = chunk_data(data, tuple(sorted(data)[:1]))
-    temps = []
-    for slots in (d, 2 * d):
-        programs = adapt.compile_programs(
-            lora=init_lora,
-            config=run.step_config,
-            optimizer=spec.optim,
-            mesh=run.mesh,
-            base_shardings=run.base_shardings,
-            slots=slots,
-        )
-        temps.append(
-            adapt.step_temp_bytes(
-                programs, init_lora, run.base, one, config=config, optimizer=spec.optim
-            )
-        )
-    if None in temps:
+    if len(data) <= 8 * d:
+        temp = _temp_bytes(run, data, init_lora, -(-len(data) // d) * d)
+        return (0, 0) if temp is None else (temp, 0)
+    temps = [_temp_bytes(run, data, init_lora, k * d) for k in (8, 16)]
+    if None in temps:  # XLA reuses buffers below a few slots: measure where it is linear
         return 0, 0
-    per_slot = max(0, -(-(temps[1] - temps[0]) // d))
-    return max(0, temps[0] - d * per_slot), per_slot
+    per_slot = max(0, -(-(temps[1] - temps[0]) // (8 * d)))
+    return max(0, temps[0] - 8 * d * per_slot), per_slot
 
 
 def _remove(path: pathlib.Path) -> None:
