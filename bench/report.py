@@ -92,7 +92,7 @@ def reading(r: Row) -> str:
     q = r.ratio
     if not math.isfinite(q) or q <= 0:
         return "-"
-    size = r.unit in ("bytes", "bits/weight", "MiB")
+    size = r.unit in ("bytes", "bits/weight", "MiB", "fraction")
     good, bad = ("smaller", "larger") if size else ("faster", "slower")
     if r.unit.endswith("/min") or r.unit.endswith("/s"):
         good, bad = "more", "fewer"
