@@ -146,10 +146,13 @@ class WhisperModel:
           beam_size: 1 = greedy.
           batch_size: windows per call; the last batch is padded (by repeating a row), so one
             compilation serves all; fewer utterances use the next power of two instead.
-          speakers: per-utterance speaker (bank index, or key of a dict of adapters).
+          speakers: per-utterance speaker (bank index, key of a dict of adapters, or name in a
+            paged bank).
           adapters: LoRA adapters: one tree (used for every utterance), a bank (tree with a
-            leading speaker axis, `lora.stack`), or a dict name -> tree. With a bank or dict,
-            `speakers` picks each utterance's adapters, and one batch mixes speakers.
+            leading speaker axis, `lora.stack`), a dict name -> tree, or a paged bank
+            (`results.load(dir).paged_bank()`: each batch reads only its own speakers' rows
+            from disk). With any bank or dict, `speakers` picks each utterance's adapters,
+            and one batch mixes speakers.
           max_new_tokens: cap on generated tokens (default 448 minus the prompt).
           language: for multilingual models (English-only models ignore it).
           sample_rate: rate of array inputs.
@@ -184,7 +187,10 @@ class WhisperModel:
             pad = batch_size - len(idx)
             mel = np.concatenate([mel, np.repeat(mel[-1:], pad, axis=0)]) if pad else mel
             lora = None
-            if bank is not None:
+            if hasattr(bank, "gather"):  # only this batch's speakers are read
+                who = [rows[i] for i in idx] + [rows[idx[-1]]] * pad
+                lora = jax.tree.map(jnp.asarray, bank.gather(who))
+            elif bank is not None:
                 ids = np.asarray([rows[i] for i in idx] + [rows[idx[-1]]] * pad, np.int32)
                 lora = lora_lib.take(bank, jnp.asarray(ids))
             elif adapters is not None:
@@ -281,7 +287,15 @@ def _mono(clip: np.ndarray, name: str) -> np.ndarray:
 def _resolve_adapters(
     adapters: Any, speakers: Sequence[int | str] | None, n: int
 ) -> tuple[Any, list[int]]:
-    """(bank or None, bank row per utterance)."""
+    """(bank or None, bank row per utterance); for a paged bank (anything with `gather`, e.g.
+    `Results.paged_bank()`), (the bank, speaker name per utterance)."""
+    if hasattr(adapters, "gather"):
+        if speakers is None:
+            raise ValueError("a paged bank needs `speakers` (one adapted speaker per utterance)")
+        unknown = sorted({repr(s) for s in speakers if s not in adapters})
+        if unknown:
+            raise KeyError(f"speakers without adapters: {', '.join(unknown[:8])}")
+        return adapters, list(speakers)
     if adapters is None:
         if speakers is not None:
             raise ValueError("speakers given without adapters")

@@ -20,6 +20,8 @@ from pqm_jax import lora as lora_lib
 from pqm_jax.models.whisper import family as whisper_family
 from pqm_jax.quant import base
 from pqm_jax.quant import tree as qtree
+from pqm_jax.run import bank as bank_lib
+from pqm_jax.run import workdir as workdir_lib
 from pqm_jax.testing import toy
 
 MAX_NEW = 3  # random models ramble; a short cap keeps the loops short
@@ -81,7 +83,7 @@ def _adapter(seed: int, b_scale: float) -> dict:
     )
 
 
-def test_speaker_bank_matches_each_speaker_alone():
+def test_speaker_bank_matches_each_speaker_alone(tmp_path):
     m, clips = _model(), _clips(4, seed=1)
     ads = {"ann": _adapter(1, 0.0), "bob": _adapter(2, 0.3)}
     who = ["bob", "ann", "bob", "ann"]
@@ -90,6 +92,17 @@ def test_speaker_bank_matches_each_speaker_alone():
     bank = lora_lib.stack([ads["ann"], ads["bob"]])
     by_bank = m.transcribe(clips, adapters=bank, speakers=[1, 0, 1, 0], **kw)
     assert by_dict == by_bank
+    # the same bank on disk, read a batch at a time
+    paths = workdir_lib.Workdir(tmp_path)
+    bank_lib.write_lines(paths, [{"header": True}])
+    rows = bank_lib.flatten(jax.device_get(bank), 2)
+    results = [{"speaker": "ann"}, {"speaker": "bob"}]
+    bank_lib.write_chunk(paths, 0, rows, ["ann", "bob"], results, ads["ann"])
+    bank_lib.append_line(paths, {"chunk": 0, "speakers": results})
+    paged = bank_lib.PagedBank(paths, ads["ann"], cache_speakers=1)
+    assert m.transcribe(clips, adapters=paged, speakers=who, **kw) == by_dict
+    with pytest.raises(KeyError, match="'cat'"):
+        m.transcribe(clips[:1], adapters=paged, speakers=["cat"], **kw)
     for i, s in enumerate(who):
         assert by_dict[i] == m.transcribe(clips[i], adapters=ads[s], **kw)[0]
     plain = m.transcribe(clips, **kw)
