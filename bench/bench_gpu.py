@@ -189,9 +189,8 @@ def nf4_matmul(d: int, rows: int, dtype, repeats: int) -> tuple[float, float]:
     return tq, td
 
 
-def decode_rate(base, name: str, dtype: str, batch: int, new_tokens: int) -> float:
+def decode_rate(base, cfg, dtype: str, batch: int, new_tokens: int) -> float:
     """Greedy generated tokens per second at `batch` (30 s windows, NF4 base)."""
-    cfg = config(name, 30.0)
     mel = np.random.default_rng(0).normal(size=(batch, cfg.n_mels, 3000)).astype(np.float32)
     # a prompt of 3 tokens and no end token: every row generates `new_tokens`
     opts = decoding.DecodeOptions(prompt=(1, 2, 3), eot=-1, max_new_tokens=new_tokens, dtype=dtype)
@@ -223,11 +222,13 @@ def measure(args) -> tuple[list[report.Row], list[str]]:
         if time.perf_counter() - t_start > args.deadline:
             setting.append(f"{name}: skipped (past --deadline {args.deadline:.0f} s)")
             continue
-        cfg = config(name, args.window)
-        params = whisper.init(cfg, key=jax.random.key(0))
-        base = qtree.quantize_tree(
-            params, qtree.match_any(toy.QUANT_TARGETS), "nf4", block_size=64, double_quant=True
+        cfg30 = config(name, 30.0)
+        full = whisper.init(cfg30, key=jax.random.key(0))
+        base30 = qtree.quantize_tree(
+            full, qtree.match_any(toy.QUANT_TARGETS), "nf4", block_size=64, double_quant=True
         )
+        base, cfg = whisper_family.window(base30, cfg30, args.window)  # the adaptation window
+        params, _ = whisper_family.window(full, cfg30, args.window)
         peer, peer_name = peft_step(params, cfg, args.tokens, dtype)
         t_peer = report.median(_time(peer, 3)) if peer else float("nan")
         slots = (1, 4) if args.quick else SLOTS[name]
@@ -277,7 +278,7 @@ def measure(args) -> tuple[list[report.Row], list[str]]:
             )
         )
         if not args.quick or name == models[0]:
-            rate = decode_rate(base, name, dtype, 8, 8 if args.quick else 64)
+            rate = decode_rate(base30, cfg30, dtype, 8, 8 if args.quick else 64)
             rows.append(
                 report.row(
                     f"{name}: greedy decoding, batch 8, 30 s windows",
@@ -288,7 +289,7 @@ def measure(args) -> tuple[list[report.Row], list[str]]:
                     better="higher",
                 )
             )
-        del params, base
+        del full, params, base, base30
     setting.append(f"total {time.perf_counter() - t_start:.0f} s")
     return rows, setting
 
