@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -16,23 +17,16 @@ from pqm_jax.data import issues
 from pqm_jax.eval import run
 from pqm_jax.models.whisper import decoding
 from pqm_jax.run import bank as bank_lib
-from pqm_jax.run import config as config_lib
-from pqm_jax.run import pipeline, results
+from pqm_jax.run import results
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _tiny_config():
-    c = config_lib.load_file(ROOT / "configs" / "tiny_test.py")
-    c.stage2.steps = 2
-    c.stage3.epochs = 1
-    return config_lib.from_dict(c)
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("eval_run")
-    pipeline.run_pipeline(_tiny_config(), workdir, progress=False)
+def trained(tiny_run, tmp_path_factory):
+    """A copy of the session's finished tiny run (the evaluation writes its reports there)."""
+    workdir = tmp_path_factory.mktemp("eval_run") / "run"
+    shutil.copytree(tiny_run, workdir)
     return workdir
 
 
