@@ -30,9 +30,9 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
 import pqm_jax
+from pqm_jax import multihost
 
 INTEGRITY = "pqm_integrity.json"
 _FORMAT = 1
@@ -54,16 +54,12 @@ class Json:
     value: Any = None
 
 
-def _primary() -> bool:
-    return jax.process_index() == 0
+_primary = multihost.primary
+_sync = multihost.barrier
 
 
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
-
-
-def _sha256(path: pathlib.Path) -> str:
+def sha256(path: pathlib.Path) -> str:
+    """SHA-256 of a file's bytes (hex)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -76,11 +72,12 @@ def _record(folder: pathlib.Path) -> dict[str, dict[str, Any]]:
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name != INTEGRITY:
             rel = path.relative_to(folder).as_posix()
-            files[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+            files[rel] = {"size": path.stat().st_size, "sha256": sha256(path)}
     return files
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
+def write_atomic(path: pathlib.Path, text: str) -> None:
+    """Writes `text` to `path` through a synced temporary file and a rename."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -129,7 +126,7 @@ def save(path: str | os.PathLike, items: Mapping[str, Any]) -> pathlib.Path:
         raise
     if _primary():
         record = {"format": _FORMAT, "items": sorted(items), "files": _record(partial)}
-        _write_atomic(partial / INTEGRITY, json.dumps(record, indent=1))
+        write_atomic(partial / INTEGRITY, json.dumps(record, indent=1))
         os.replace(partial, path)
         _fsync_dir(path.parent)
     _sync(f"pqm-ckpt-commit-{path.name}")
@@ -196,7 +193,7 @@ def verify(path: str | os.PathLike, items: Iterable[str] | None = None) -> list[
             raise CorruptCheckpointError(
                 f"checkpoint file {f} has {f.stat().st_size} bytes, expected {info['size']}"
             )
-        if _sha256(f) != info["sha256"]:
+        if sha256(f) != info["sha256"]:
             raise CorruptCheckpointError(f"checkpoint file {f} does not match its checksum")
     return held
 

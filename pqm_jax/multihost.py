@@ -111,7 +111,7 @@ def _watch(client, me: int, n: int, timeout_s: float, period_s: float) -> None:
                 if value != last:
                     seen[p] = (value, now)
                 elif now - since > timeout_s:
-                    _stop(
+                    stop(
                         f"process {p} of {n} has not answered for {timeout_s:.0f} s "
                         "(killed, crashed or hung)"
                     )
@@ -119,7 +119,7 @@ def _watch(client, me: int, n: int, timeout_s: float, period_s: float) -> None:
             if _done.is_set():
                 return
             if me != 0:
-                _stop(f"lost the coordinator, process 0 of {n} ({type(e).__name__})")
+                stop(f"lost the coordinator, process 0 of {n} ({type(e).__name__})")
             raise
         time.sleep(period_s)
 
@@ -149,10 +149,6 @@ def lost_peer(error: BaseException) -> str | None:
 def stop(reason: str) -> None:
     """Ends this process now with `reason` and how to resume (exit code 75); skips JAX's
     shutdown barrier, which a lost process would fail."""
-    _stop(reason)
-
-
-def _stop(reason: str) -> None:
     import os
     import sys
 

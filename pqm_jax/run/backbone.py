@@ -7,9 +7,8 @@ import warnings
 from typing import Any
 
 import jax
-from jax.experimental import multihost_utils
 
-from pqm_jax import checkpoint
+from pqm_jax import checkpoint, multihost
 from pqm_jax.models import family as family_lib
 from pqm_jax.quant import tree as qtree
 from pqm_jax.run import config as config_lib
@@ -39,8 +38,7 @@ def quantized(config: config_lib.RunConfig, workdir: workdir_lib.Workdir) -> tup
     params, cfg, tokenizer = load(config, workdir)
     path = workdir.ckpt("base")
     abstract = jax.eval_shape(lambda p: quantize(p, config.model), params)
-    if jax.process_count() > 1:  # every process takes the same branch below
-        multihost_utils.sync_global_devices("pqm-base")
+    multihost.barrier("pqm-base")  # every process takes the same branch below
     if path.exists():
         try:
             return checkpoint.restore(path, {"base": abstract})["base"], cfg, tokenizer

@@ -17,7 +17,6 @@ LoRAX page adapters), so decoding a batch needs memory for that batch's speakers
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import os
 import pathlib
@@ -27,9 +26,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
-from pqm_jax import checkpoint, jsonio
+from pqm_jax import checkpoint, jsonio, multihost
 from pqm_jax.quant import tree as qtree
 from pqm_jax.run import workdir as workdir_lib
 
@@ -74,19 +72,6 @@ def unflatten(rows: np.ndarray, template: Any) -> Any:
     return jax.tree.unflatten(treedef, out)
 
 
-def _sha256(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
-
-
 def _fsync(path: pathlib.Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -106,7 +91,7 @@ def write_chunk(
     """Writes chunk `index` (rows [len(speakers), P]) atomically: into a hidden folder, then
     renamed. Process 0 writes; the others wait for it."""
     final = paths.chunk(index)
-    if jax.process_index() == 0:
+    if multihost.primary():
         if rows.shape[0] != len(speakers):
             raise ValueError(f"{rows.shape[0]} rows for {len(speakers)} speakers")
         partial = final.with_name(f".{final.name}.partial")
@@ -123,13 +108,13 @@ def write_chunk(
             "results": results,
             "layout": layout(template),
             "bytes": arrays.stat().st_size,
-            "sha256": _sha256(arrays),
+            "sha256": checkpoint.sha256(arrays),
         }
-        checkpoint._write_atomic(partial / workdir_lib.CHUNK_RECORD, json.dumps(record, indent=1))
+        checkpoint.write_atomic(partial / workdir_lib.CHUNK_RECORD, json.dumps(record, indent=1))
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
-    _barrier(f"pqm-bank-chunk-{index}")
+    multihost.barrier(f"pqm-bank-chunk-{index}")
 
 
 def read_record(paths: workdir_lib.Workdir, index: int, *, verify: bool = True) -> dict:
@@ -152,7 +137,7 @@ def read_record(paths: workdir_lib.Workdir, index: int, *, verify: bool = True) 
         raise DamagedChunk(f"bank file {arrays} is missing")
     if arrays.stat().st_size != size:
         raise DamagedChunk(f"bank file {arrays} has {arrays.stat().st_size} bytes, expected {size}")
-    if verify and _sha256(arrays) != digest:
+    if verify and checkpoint.sha256(arrays) != digest:
         raise DamagedChunk(f"bank file {arrays} does not match its checksum")
     return record
 
@@ -187,15 +172,15 @@ def read_lines(paths: workdir_lib.Workdir) -> list[dict[str, Any]]:
 
 def write_lines(paths: workdir_lib.Workdir, records: list[dict[str, Any]]) -> None:
     """Replaces the manifest with `records` (at the start of stage 3 only; process 0)."""
-    if jax.process_index() == 0:
+    if multihost.primary():
         paths.manifest.parent.mkdir(parents=True, exist_ok=True)
         text = "".join(json.dumps(r) + "\n" for r in records)
-        checkpoint._write_atomic(paths.manifest, text)
+        checkpoint.write_atomic(paths.manifest, text)
 
 
 def append_line(paths: workdir_lib.Workdir, record: dict[str, Any]) -> None:
     """Adds one record to the manifest (process 0), flushed to disk."""
-    if jax.process_index() == 0:
+    if multihost.primary():
         with open(paths.manifest, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()

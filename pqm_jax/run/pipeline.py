@@ -17,7 +17,6 @@ import shutil
 from typing import Any
 
 import jax
-from jax.experimental import multihost_utils
 
 from pqm_jax import lora as lora_lib
 from pqm_jax import multihost, sharding
@@ -86,13 +85,13 @@ def check_workdir(config: config_lib.RunConfig, workdir: str | os.PathLike) -> N
     if jax.process_count() == 1:
         return _check_workdir(config, workdir)
     error = None
-    if _primary():
+    if multihost.primary():
         try:
             _check_workdir(config, workdir)
         except config_lib.ConfigError as e:
             error = e
-    multihost_utils.sync_global_devices("pqm-config")
-    if not _primary():
+    multihost.barrier("pqm-config")
+    if not multihost.primary():
         _check_workdir(config, workdir)
     if error is not None:
         raise error
@@ -173,13 +172,9 @@ def build_corpus(
     others then list what it wrote (no file is written by two processes)."""
     if jax.process_count() == 1:
         return corpus_lib.build(config.data, wd.data, report=report)
-    corpus = corpus_lib.build(config.data, wd.data, report=report) if _primary() else None
-    multihost_utils.sync_global_devices("pqm-corpus")
+    corpus = corpus_lib.build(config.data, wd.data, report=report) if multihost.primary() else None
+    multihost.barrier("pqm-corpus")
     return corpus if corpus is not None else corpus_lib.build(config.data, wd.data, report=report)
-
-
-def _primary() -> bool:
-    return jax.process_index() == 0
 
 
 def run_pipeline(

@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
-from pqm_jax import checkpoint, sharding
+from pqm_jax import checkpoint, multihost, sharding
 from pqm_jax.data import feature_store
 from pqm_jax.quant import tree as qtree
 from pqm_jax.run import bank as bank_lib
@@ -312,20 +311,17 @@ def _working(run: context.Run, data: dict[str, adapt.SpeakerData], init_lora: An
 
 def _remove(path: pathlib.Path) -> None:
     """Deletes a damaged result folder (process 0; the others wait) so it can be redone."""
-    if jax.process_index() == 0 and path.exists():
+    if multihost.primary() and path.exists():
         shutil.rmtree(path)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(f"removed {path}")
+    multihost.barrier(f"removed {path}")
 
 
-def _finished(
-    run: context.Run, index: int, chunk: tuple[str, ...], *, verify: bool = True
-) -> list[dict] | None:
+def _finished(run: context.Run, index: int, chunk: tuple[str, ...]) -> list[dict] | None:
     """Results of chunk `index` when its bank files are complete and hold these speakers."""
     if not run.workdir.chunk(index).exists():
         return None
     try:
-        record = bank_lib.read_record(run.workdir, index, verify=verify)
+        record = bank_lib.read_record(run.workdir, index)
     except bank_lib.DamagedChunk as e:
         warnings.warn(f"redoing chunk {index}: {e}", checkpoint.CheckpointWarning, stacklevel=2)
         _remove(run.workdir.chunk(index))
@@ -403,13 +399,8 @@ def adapt_speakers(
     lines = bank_lib.read_lines(run.workdir)
     if appended or not lines[-1].get("complete"):
         bank_lib.append_line(run.workdir, {"complete": True})
-    _barrier("pqm-stage3-manifest")
+    multihost.barrier("pqm-stage3-manifest")
     return bank_lib.manifest(bank_lib.read_lines(run.workdir))
-
-
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
 
 
 def _chunk_targets(programs: adapt.Programs, init_lora: Any) -> dict[str, Any]:
