@@ -65,7 +65,7 @@ def dense(
 def embed(ids: jax.Array, table: Any, dtype: Any = jnp.float32) -> jax.Array:
     """Rows of an [vocab, d] embedding table (plain or quantised) for integer `ids` [...]."""
     if isinstance(table, base.QuantizedTensor):
-        return table.dequantize(dtype)[ids]
+        return table.rows(ids, dtype)
     return weight(table, dtype)[ids]
 
 

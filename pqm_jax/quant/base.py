@@ -30,6 +30,10 @@ class QuantizedTensor:
         """Returns the dense array of logical `shape`, in `dtype`."""
         raise NotImplementedError
 
+    def rows(self, ids: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
+        """Rows `ids` of a 2-D tensor (an embedding lookup); a scheme may decode only those."""
+        return self.dequantize(dtype)[ids]
+
     @property
     def ndim(self) -> int:
         return len(self.shape)

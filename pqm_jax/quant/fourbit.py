@@ -111,9 +111,12 @@ def _quantize_absmax(absmax: jax.Array, *, block: int) -> tuple[jax.Array, jax.A
 
 
 def _dequantize_absmax(codes: jax.Array, scale: jax.Array, offset: jax.Array) -> jax.Array:
+    """absmax = DYNAMIC_MAP[code] * scale of its 256-block + offset, reshaped into 256-blocks (no
+    per-element index gather). XLA may contract this into one fused multiply-add."""
     m = codes.shape[0]
-    idx = jnp.arange(m) // ABSMAX_BLOCK
-    return jnp.asarray(DYNAMIC_MAP)[codes] * scale[idx] + offset
+    nb = scale.shape[0]
+    padded = jnp.pad(codes, (0, nb * ABSMAX_BLOCK - m)).reshape(nb, ABSMAX_BLOCK)
+    return (jnp.asarray(DYNAMIC_MAP)[padded] * scale[:, None]).reshape(-1)[:m] + offset
 
 
 @struct.dataclass
@@ -146,19 +149,50 @@ class FourBitTensor(base.QuantizedTensor):
     def double_quant(self) -> bool:
         return self.absmax_scale is not None
 
+    def _whole_blocks(self) -> bool:
+        """True when the codes fill whole blocks exactly (no odd length, no partial last block)."""
+        n = math.prod(self.shape)
+        return n % self.block_size == 0 and self.block_size % 2 == 0
+
     def dequantize(self, dtype: Any = jnp.float32) -> jax.Array:
+        absmax = self.absmax_f32()
+        if self._whole_blocks():
+            return (
+                _lookup(self.TABLE, self.codes, absmax, self.block_size)
+                .reshape(self.shape)
+                .astype(dtype)
+            )
         n = math.prod(self.shape)
         table = jnp.asarray(self.TABLE)
         # Two 16-entry lookups (high and low nibble), interleaved: element 2j is the high nibble.
         vals = jnp.stack([table[self.codes >> 4], table[self.codes & 15]], axis=-1).reshape(-1)
-        absmax = self.absmax_f32()
         total = absmax.shape[-1] * self.block_size
-        if total != vals.shape[0] or total != n:  # odd length or partial last block
-            vals = jnp.pad(vals[:n], (0, total - n))
-        out = (vals.reshape(-1, self.block_size) * absmax[:, None]).reshape(-1)
-        if total != n:
-            out = out[:n]
+        vals = jnp.pad(vals[:n], (0, total - n))
+        out = (vals.reshape(-1, self.block_size) * absmax[:, None]).reshape(-1)[:n]
         return out.reshape(self.shape).astype(dtype)
+
+    def rows(self, ids: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
+        """Rows `ids` of a 2-D [vocab, d] tensor, decoded from their own codes only (an embedding
+        lookup that never forms the whole table) when d is a whole number of blocks."""
+        if len(self.shape) != 2 or self.shape[1] % self.block_size or not self._whole_blocks():
+            return self.dequantize(dtype)[ids]
+        vocab, d = self.shape
+        per_row = d // self.block_size
+        codes = self.codes.reshape(vocab, d // 2)[ids]
+        absmax = self.absmax_f32().reshape(vocab, per_row)[ids]
+        out = _lookup(self.TABLE, codes, absmax, self.block_size)
+        return out.reshape(*ids.shape, d).astype(dtype)
+
+
+def _lookup(table: np.ndarray, codes: jax.Array, absmax: jax.Array, block: int) -> jax.Array:
+    """Decoded values of whole blocks: codes [..., n/2] (two a byte, high nibble first), absmax
+    [..., n/block] -> [..., n/block, block]. Each block's 16 code values are scaled once, then
+    both nibbles index that scaled table (one gather per nibble, nothing materialised between)."""
+    scaled = jnp.asarray(table)[None, :] * absmax.reshape(-1, 1)  # [blocks, 16]
+    pairs = codes.reshape(-1, block // 2)
+    hi = jnp.take_along_axis(scaled, (pairs >> 4).astype(jnp.int32), axis=1)
+    lo = jnp.take_along_axis(scaled, (pairs & 15).astype(jnp.int32), axis=1)
+    return jnp.stack([hi, lo], axis=-1).reshape(*absmax.shape, block)
 
 
 def quantize_into(

@@ -88,6 +88,9 @@ class Stage2Spec:
     )
 
 
+DENSE_BASE = ("auto", "on", "off")
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage3Spec(adapt.AdaptSchedule):
     """Per-speaker adaptation: the schedule fields of `adapt.AdaptSchedule`, and
@@ -98,17 +101,30 @@ class Stage3Spec(adapt.AdaptSchedule):
       memory_budget_mb: with chunk_speakers 0, chunks hold as many speakers as fit in this
         much memory (adapters, optimiser state, best adapters, features); only the running
         chunk's features are in memory.
+      dense_base: "auto", "on" or "off". On: the quantised base is dequantised once for the
+        whole stage (in the compute dtype) and every update reads the dense copy instead of
+        decoding each weight again (the same values, so the same adapters; a one-speaker NF4
+        update then costs what a float32 one does). Auto: on when that copy takes at most a
+        quarter of `memory_budget_mb`. Off: decode inside every update (least memory).
       optim: optimiser (paper: Adam, lr 1e-3 with exponential decay).
     """
 
     enabled: bool = True
     ckpt_every: int = 20
     memory_budget_mb: float = 4096.0
+    dense_base: str = "auto"
     optim: optim.OptimConfig = dataclasses.field(
         default_factory=lambda: optim.OptimConfig(
             name="adam", learning_rate=1e-3, schedule="exponential", decay_rate=0.9
         )
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.dense_base not in DENSE_BASE:
+            raise ValueError(
+                f"stage3.dense_base must be one of {DENSE_BASE}, got {self.dense_base!r}"
+            )
 
     def adapt_config(self, seed: int) -> adapt.AdaptConfig:
         return adapt.AdaptConfig.from_schedule(self, seed=seed)

@@ -21,6 +21,7 @@ import numpy as np
 
 from pqm_jax import checkpoint, multihost, sharding
 from pqm_jax.data import feature_store
+from pqm_jax.quant import base as qbase
 from pqm_jax.quant import tree as qtree
 from pqm_jax.run import bank as bank_lib
 from pqm_jax.run import config as config_lib
@@ -360,6 +361,7 @@ def adapt_speakers(
 ) -> dict[str, Any]:
     """Stage 3 over `data` (features may stay on disk: each chunk loads its own when it
     starts): chunks of `chunk_speakers`, each written to the bank when done; resumes."""
+    run = with_stage3_base(run)
     spec = run.config.stage3
     config = spec.adapt_config(run.config.data.seed)
     config = dataclasses.replace(config, chunk_speakers=chunk_speakers(run, data, init_lora))
@@ -401,6 +403,36 @@ def adapt_speakers(
         bank_lib.append_line(run.workdir, {"complete": True})
     multihost.barrier("pqm-stage3-manifest")
     return bank_lib.manifest(bank_lib.read_lines(run.workdir))
+
+
+def dense_base_wanted(spec: config_lib.Stage3Spec, base: dict, dtype: str) -> bool:
+    """Whether stage 3 trains on a dense copy of the base (`stage3.dense_base`)."""
+    if spec.dense_base != "auto" or not any(qbase.is_quantized(x) for x in _leaves(base)):
+        return spec.dense_base == "on"
+    dense = jax.eval_shape(lambda b: qtree.dequantize_tree(b, dtype), base)
+    return qtree.tree_nbytes(dense) <= spec.memory_budget_mb * 2**20 / 4
+
+
+def with_stage3_base(run: context.Run) -> context.Run:
+    """`run` with the base stage 3 reads: the quantised one, or its dense copy (decoded once,
+    in the compute dtype, placed with the shardings of dense arrays); see `stage3.dense_base`.
+    The copy holds the very values each update would decode, so the adapters do not change."""
+    dtype = run.step_config.dtype
+    if not dense_base_wanted(run.config.stage3, run.base, dtype):
+        return run
+    abstract = jax.eval_shape(lambda b: qtree.dequantize_tree(b, dtype), run.base)
+    mesh_config = run.config.mesh.with_rules(run.config.model.family.shard_rules)
+    shardings = sharding.base_shardings(abstract, run.mesh, mesh_config)
+    decode = sharding.jit(
+        lambda b: qtree.dequantize_tree(b, dtype),
+        in_shardings=(run.base_shardings,),
+        out_shardings=shardings,
+    )
+    return dataclasses.replace(run, base=decode(run.base), base_shardings=shardings)
+
+
+def _leaves(tree: Any) -> list:
+    return jax.tree.leaves(tree, is_leaf=qbase.is_quantized)
 
 
 def _chunk_targets(programs: adapt.Programs, init_lora: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import pytest
 
 from pqm_jax import sharding
 from pqm_jax.models.whisper import family as whisper_family
+from pqm_jax.quant import tree as qtree
 from pqm_jax.testing import toy
 from pqm_jax.train import adapt, optim, steps
 from pqm_jax.train import examples as ex
@@ -139,3 +140,26 @@ def test_single_programs_match_vmapped(setup):
         ref_best, _, ref_step, _ = _alone(base, lora, data, s, key)
         assert {r.speaker: r.best_step for r in results}[s] == ref_step
         assert toy.tree_max_diff(best[s], ref_best) < 1e-6
+
+
+def test_a_dense_copy_of_the_base_gives_the_same_adapters(setup):
+    """stage3.dense_base: decoding the NF4 base once, outside the step, changes no adapter."""
+    base, lora, data = setup
+    key = jax.random.key(5)
+    small = {s: data[s] for s in ("ann", "bob", "dee")}
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=2))
+    dense = jax.jit(qtree.dequantize_tree)(base)
+    out = []
+    for b in (base, dense):
+        programs = adapt.compile_programs(
+            lora=lora,
+            config=STEP,
+            optimizer=OPT,
+            mesh=mesh,
+            base_shardings=sharding.base_shardings(b, mesh),
+            slots=4,
+        )
+        out.append(adapt.adapt(lora, b, small, key, config=ADAPT, optimizer=OPT, programs=programs))
+    (best_q, res_q), (best_d, res_d) = out
+    assert [(r.best_step, r.steps) for r in res_q] == [(r.best_step, r.steps) for r in res_d]
+    assert toy.tree_max_diff(best_q, best_d) == 0.0

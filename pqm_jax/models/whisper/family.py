@@ -189,7 +189,11 @@ class WhisperFamily(family_lib.Family):
         targets = batch["targets"]
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
         w = batch["weights"].astype(jnp.float32)
-        hit = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+        # a hit: the target's logit is the largest (argmax, without its index-carrying reduce,
+        # which XLA's CPU backend runs scalar; a tie for the largest counts as a hit)
+        best = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
+        picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        hit = (picked >= best).astype(jnp.float32)
         return {"loss_sum": jnp.sum(nll * w), "correct": jnp.sum(hit * w), "tokens": jnp.sum(w)}
 
     def decode_options(

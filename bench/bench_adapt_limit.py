@@ -1,0 +1,169 @@
+"""How close the vmapped adaptation step runs to the machine: model FLOP/s against a matmul.
+
+Whisper tiny.en cut to a short window, a bank of S speakers (LoRA r 8 on q/k/v/out, AdamW), one
+jitted vmapped step (the program stage 3 runs). FLOPs per step come from XLA's
+`compiled.cost_analysis()`; the machine's rate from a jitted 2048x2048 matmul timed in the same
+process, before and after each slot count (the median of both is used). `fraction_of_peak` =
+(flops_per_step / seconds_per_step) / matmul_flops_per_s. With `--quant nf4,none` the NF4 and
+float32 bases run side by side (nf4-dense: the NF4 base decoded once, as stage3.dense_base does),
+and the NF4 / float32 step-time ratios are reported.
+
+Run: python bench/bench_adapt_limit.py [--slots 1,16] [--quant nf4,nf4-dense,none] [--window 2]
+       [--tokens 16] [--batch 2] [--repeats 5] [--json FILE]
+`--json` writes {"results": [per slot count and quant: slots, quant, flops_per_step,
+seconds_per_step, matmul_flops_per_s, fraction_of_peak, ...], "rows": ..., "setting": ...}
+(rows and setting in bench/report.py's format, for bench/run_all.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import limits
+import numpy as np
+import report
+
+from pqm_jax import lora as lora_lib
+from pqm_jax import sharding
+from pqm_jax.models.whisper import family as whisper_family
+from pqm_jax.quant import tree as qtree
+from pqm_jax.run import backbone
+from pqm_jax.run import config as config_lib
+from pqm_jax.testing import toy
+from pqm_jax.train import adapt, optim, steps
+
+
+def _base(quant: str, window: float):
+    """nf4: decoded inside every step; nf4-dense: decoded once (stage3.dense_base); none: float32."""
+    spec = config_lib.ModelSpec(name="tiny.en", audio_window_s=window, quant=quant.split("-")[0])
+    params, cfg_full, _ = spec.family.load(spec, seed=0, folder=None)
+    base, cfg = spec.family.window(backbone.quantize(params, spec), cfg_full, window)
+    if quant.endswith("-dense"):
+        base = jax.jit(qtree.dequantize_tree)(base)
+    return base, cfg
+
+
+def _program(base, cfg, slots: int, batch: int, tokens: int):
+    """(compiled step, its arguments): one AdamW update of `slots` speakers' adapters."""
+    lora = lora_lib.init(
+        base,
+        lora_lib.LoraConfig(rank=8, alpha=16.0, targets=whisper_family.LORA_TARGETS),
+        key=jax.random.key(1),
+    )
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=1), devices=jax.devices()[:1])
+    base_s = sharding.base_shardings(base, mesh)
+    base = sharding.put(base, base_s)
+    programs = adapt.compile_programs(
+        lora=lora,
+        config=steps.StepConfig(model=cfg),
+        optimizer=optim.OptimConfig(name="adamw", learning_rate=1e-3, weight_decay=0.01),
+        mesh=mesh,
+        base_shardings=base_s,
+        slots=slots,
+    )
+    bank = jax.tree.map(lambda x: jnp.broadcast_to(x, (slots, *x.shape)), lora)
+    data = toy.random_batch(cfg, (slots, 1, batch), seed=slots, tokens=tokens)
+    data["inputs"] %= cfg.vocab_size
+    data["targets"] %= cfg.vocab_size
+    vec = [np.zeros(slots, np.int32), np.full(slots, 10, np.int32)]
+    vec += [np.full(slots, 100, np.int32), np.ones(slots, bool), np.arange(slots, dtype=np.int32)]
+    args = (bank, programs.init_opt(bank), base, data, *vec, jax.random.key(0))
+    return programs.step.lower(*args).compile(), args
+
+
+def measure(args) -> tuple[list[dict], list[report.Row], list[str]]:
+    results, compile_s = [], []
+    models = {q: _base(q, args.window) for q in args.quant}
+    cfg = next(iter(models.values()))[1]
+    for slots in args.slots:
+        for quant, (base, _) in models.items():
+            t = time.perf_counter()
+            compiled, call = _program(base, cfg, slots, args.batch, args.tokens)
+            compile_s.append(f"{slots} slots {quant} {time.perf_counter() - t:.0f} s")
+            rate_before = limits.matmul_rate(repeats=args.repeats)
+            seconds = limits.median_seconds(lambda c=compiled, a=call: c(*a), args.repeats)
+            rate = statistics.median([rate_before, limits.matmul_rate(repeats=args.repeats)])
+            flops = limits.flops(compiled)
+            results.append(
+                {
+                    "slots": slots,
+                    "quant": quant,
+                    "flops_per_step": flops,
+                    "seconds_per_step": seconds,
+                    "seconds_per_speaker_step": seconds / slots,
+                    "matmul_flops_per_s": rate,
+                    "fraction_of_peak": flops / seconds / rate,
+                }
+            )
+            print(
+                f"{slots:5d} slots {quant:5s}: {seconds:.4f} s/step, {flops / 1e9:.1f} GFLOP, "
+                f"{flops / seconds / 1e9:.1f} GFLOP/s = {flops / seconds / rate:.1%} of "
+                f"{limits.describe_rate(rate)}",
+                flush=True,
+            )
+    rows = [
+        report.Row(
+            figure=f"adaptation step, {r['slots']} speakers, {r['quant']} base: model FLOP/s",
+            ours=r["flops_per_step"] / r["seconds_per_step"],
+            peer=r["matmul_flops_per_s"],
+            peer_name="2048x2048 float32 matmul, same run",
+            unit="FLOP/s",
+            better="higher",
+            runs=args.repeats,
+            note=f"{r['flops_per_step'] / 1e9:.2f} GFLOP per step, {r['seconds_per_step']:.4g} s",
+        )
+        for r in results
+    ]
+    names = {"nf4": "NF4 base decoded in the step", "nf4-dense": "NF4 base decoded once"}
+    for slots in args.slots if "none" in args.quant else ():
+        by = {r["quant"]: r for r in results if r["slots"] == slots}
+        for quant in [q for q in names if q in by]:
+            rows.append(
+                report.Row(
+                    figure=f"adaptation step time, {slots} speakers, {names[quant]}",
+                    ours=by[quant]["seconds_per_step"],
+                    peer=by["none"]["seconds_per_step"],
+                    peer_name="same step, float32 base",
+                    unit="s",
+                    better="lower",
+                    runs=args.repeats,
+                )
+            )
+    setting = [
+        f"Whisper tiny.en cut to a {args.window:g} s window, {args.tokens} decoder tokens, batch "
+        f"{args.batch} per speaker, LoRA r 8 on q/k/v/out, AdamW; random log-mel and tokens; one "
+        f"vmapped jitted step on {jax.devices()[0].platform}; FLOPs from XLA's cost analysis",
+        "compile (excluded): " + ", ".join(compile_s),
+    ]
+    return results, rows, setting
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--slots", default="1,16", help="comma-separated bank sizes")
+    ap.add_argument(
+        "--quant", default="nf4,nf4-dense,none", help="comma-separated: nf4, nf4-dense, none"
+    )
+    ap.add_argument("--window", type=float, default=2.0)
+    ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", help="write results, rows and setting here")
+    args = ap.parse_args()
+    args.slots = [int(x) for x in args.slots.split(",")]
+    args.quant = [q for q in args.quant.split(",") if q]
+    results, rows, setting = measure(args)
+    report.emit(rows, setting, "python bench/bench_adapt_limit.py", None)
+    if args.json:
+        data = {"results": results, "rows": [r.__dict__ for r in rows], "setting": setting}
+        pathlib.Path(args.json).write_text(json.dumps(data, indent=1))
+
+
+if __name__ == "__main__":
+    main()
