@@ -3,7 +3,7 @@
 Whisper tiny.en cut to a short window, a bank of S speakers (LoRA r 8 on q/k/v/out, AdamW), one
 jitted vmapped step (the program stage 3 runs). FLOPs per step come from XLA's
 `compiled.cost_analysis()`; the machine's rate from a jitted 2048x2048 matmul timed in the same
-process, before and after each slot count (the median of both is used). `fraction_of_peak` =
+process, before and after each slot count (the fastest of each; the median of both is used). `fraction_of_peak` =
 (flops_per_step / seconds_per_step) / matmul_flops_per_s. With `--quant nf4,none` the NF4 and
 float32 bases run side by side (nf4-dense: the NF4 base decoded once, as stage3.dense_base does),
 and the NF4 / float32 step-time ratios are reported.
@@ -117,6 +117,8 @@ def measure(args) -> tuple[list[dict], list[report.Row], list[str]]:
             better="higher",
             runs=args.repeats,
             note=f"{r['flops_per_step'] / 1e9:.2f} GFLOP per step, {r['seconds_per_step']:.4g} s",
+            limit=r["fraction_of_peak"],
+            limit_name=limits.describe_rate(r["matmul_flops_per_s"]),
         )
         for r in results
     ]

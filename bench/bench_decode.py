@@ -284,13 +284,45 @@ def _wer(hyps: list[str], refs: list[str]) -> float:
     return errors / max(words, 1)
 
 
+def model_flops(s: Setup, batch: int, tokens: list[list[int]], prompt: int) -> float:
+    """Model FLOPs of our greedy decoding of all clips in batches of `batch` (XLA's cost analysis
+    of the lowered pieces): per batch the encoder, cross-attention K/V and the prompt, then one
+    cached step per token up to the batch's longest output (finished rows still compute)."""
+    import jax
+    import jax.numpy as jnp
+    import limits
+
+    from pqm_jax.models.whisper import model as whisper
+
+    cfg = s.config
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.float32), s.params)
+    mel = jax.ShapeDtypeStruct((batch, *s.mel.shape[1:]), jnp.float32)
+
+    def start(p, m):
+        enc = whisper.encode(p, m, config=cfg)
+        cross = whisper.cross_kv(p, enc, config=cfg)
+        cache = whisper.init_cache(cfg, batch, cfg.max_target_positions, jnp.float32)
+        ids = jnp.zeros((batch, prompt), jnp.int32)
+        return whisper.decode_step(p, ids, cache, cross, config=cfg)[0], cross, cache
+
+    first = limits.flops(jax.jit(start).lower(params, mel))
+    _, cross, cache = jax.eval_shape(start, params, mel)
+    one = jnp.zeros((batch, 1), jnp.int32)
+    step = jax.jit(lambda p, c, x: whisper.decode_step(p, one, c, x, config=cfg))
+    per_token = limits.flops(step.lower(params, cache, cross))
+    steps = sum(max(len(t) + 1 for t in tokens[sl]) for sl in _batches(len(tokens), batch))
+    return len(_batches(len(tokens), batch)) * first + steps * per_token
+
+
 def rows(
     times: dict[str, list[float]],
     tokens: dict[str, list[list[int]]],
     audio_s: float,
     batch: int,
+    limit: Callable[[str], tuple[float, str]] | None = None,
 ) -> list[report.Row]:
-    """RTF rows for the `PAIRS` whose two engines both ran (medians over the repeats)."""
+    """RTF rows for the `PAIRS` whose two engines both ran (medians over the repeats);
+    `limit(engine)` gives (fraction of the machine's matmul rate, its name) for our engines."""
     out = []
     for ours, peer in PAIRS:
         if ours not in times or peer not in times:
@@ -306,6 +338,7 @@ def rows(
                 unit="RTF",
                 better="lower",
                 note=f"same tokens on {same}/{len(tokens[ours])} clips",
+                **(dict(zip(("limit", "limit_name"), limit(ours))) if limit else {}),
             )
         )
     return out
@@ -385,7 +418,22 @@ def main() -> None:
                 + "; ".join(f"{e} {c}" for e, c in chosen.items())
             ),
         ]
-        report.dump(args.json, rows(times, tokens, s.audio_s, args.batch), setting)
+        import limits
+
+        rate = limits.matmul_rate(repeats=5)
+        prompt = len(s.tokenizer.prompt())
+
+        def limit(engine: str) -> tuple[float, str]:
+            b = 1 if engine.endswith("b1") else args.batch
+            work = model_flops(s, b, tokens[engine], prompt)
+            return work / float(np.median(times[engine])) / rate, limits.describe_rate(rate)
+
+        setting.append(
+            "limit: our model FLOPs (XLA cost analysis of the encoder, cross K/V, prompt and one "
+            "cached step per token to each batch's longest output) per second over a 2048x2048 "
+            "matmul measured after the runs"
+        )
+        report.dump(args.json, rows(times, tokens, s.audio_s, args.batch, limit), setting)
 
 
 if __name__ == "__main__":

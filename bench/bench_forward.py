@@ -21,6 +21,7 @@ import argparse
 import time
 
 import jax
+import limits
 import numpy as np
 import report
 
@@ -74,6 +75,8 @@ def measure(
     for _ in range(repeats):
         t_nf4.append(_time(fwd, nf4_w, mel, ids))
         t_fp32.append(_time(fwd, full_w, mel, ids))
+    flops = limits.flops(fwd.lower(full_w, mel, ids).compile())
+    rate = limits.matmul_rate(repeats=repeats)
     q_bytes, q_n = quantized_stats(nf4)
     fp32_same = 4 * q_n  # the same parameters in float32
     rows = [
@@ -85,6 +88,9 @@ def measure(
             peer_name="same model in float32",
             unit="s",
             better="lower",
+            limit=flops / np.median(t_nf4) / rate,
+            limit_name=limits.describe_rate(rate),
+            note=f"{flops / 1e9:.1f} GFLOP a call (XLA cost analysis)",
         ),
         report.Row(
             "weights pytree, whole model",

@@ -13,6 +13,7 @@ import statistics
 import time
 
 import jax
+import limits
 import numpy as np
 import report
 
@@ -43,6 +44,8 @@ def measure(size: int, repeats: int) -> list[report.Row]:
     x = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
     t = torch.from_numpy(x)
     xj = jax.device_put(x)
+    bandwidth = limits.copy_bandwidth(x.nbytes, repeats)
+    limit_name = f"{bandwidth / 1e9:.1f} GB/s streaming copy"
     rows = []
     for dq in (False, True):
         ours_q = times(
@@ -57,6 +60,7 @@ def measure(size: int, repeats: int) -> list[report.Row]:
         ours_d = times(lambda q=q, f=deq: jax.block_until_ready(f(q)), repeats)
         packed, state = bnbf.quantize_4bit(t, quant_type="nf4", compress_statistics=dq)
         bnb_d = times(lambda p=packed, s=state: bnbf.dequantize_4bit(p, s), repeats)
+        moved = x.nbytes + sum(leaf.nbytes for leaf in jax.tree.leaves(q))  # read + write
         for op, ours, peer in (("quantise", ours_q, bnb_q), ("dequantise", ours_d, bnb_d)):
             rows.append(
                 report.row(
@@ -66,6 +70,8 @@ def measure(size: int, repeats: int) -> list[report.Row]:
                     peer_name="bitsandbytes CPU",
                     unit="s",
                     better="lower",
+                    limit=moved / statistics.median(ours) / bandwidth,
+                    limit_name=limit_name,
                 )
             )
     return rows
@@ -85,7 +91,9 @@ def main() -> None:
         setting = [
             f"{args.size}x{args.size} float32 standard normal; our jitted quantise/dequantise on "
             f"{jax.devices()[0].platform}, bitsandbytes' CPU path with {torch.get_num_threads()} "
-            "torch threads; one warm-up call each, excluded"
+            "torch threads; one warm-up call each, excluded",
+            "limit: bytes moved (float32 matrix + codes + absmax, read and written once) per "
+            "second over a jitted streaming copy (read x, write x + 1) of the matrix's size",
         ]
         report.dump(args.json, rows, setting)
     n = args.size * args.size

@@ -21,6 +21,7 @@ import time
 import bench_peft_peer
 import jax
 import jax.numpy as jnp
+import limits
 import numpy as np
 import report
 
@@ -106,16 +107,20 @@ def measure(args) -> tuple[list[report.Row], list[str]]:
             t = time.perf_counter()
             step()
             times.append((time.perf_counter() - t) / s)
+        flops = limits.flops(compiled) / slots  # per speaker-step
         found[s] = {"times": times, "temp": temp, "slots": slots, "compile": t_compile}
+        found[s]["flops"] = flops
         print(
             f"{s:5d} speakers ({chunks} x {slots} slots): {report.median(times):.4f} s per "
             f"step per speaker, temp {temp} bytes, compile {t_compile:.1f} s",
             flush=True,
         )
-    return _rows(found, per_speaker_state), _setting(args, cfg, lora, per_speaker_state, found)
+    rate = limits.matmul_rate(repeats=5)
+    rows = _rows(found, per_speaker_state, rate)
+    return rows, _setting(args, cfg, lora, per_speaker_state, found)
 
 
-def _rows(found: dict[int, dict], per_speaker_state: int) -> list[report.Row]:
+def _rows(found: dict[int, dict], per_speaker_state: int, rate: float) -> list[report.Row]:
     one = min(found)
     rows = []
     for s, f in sorted(found.items()):
@@ -130,6 +135,8 @@ def _rows(found: dict[int, dict], per_speaker_state: int) -> list[report.Row]:
                 peer_name=f"bank of {one}",
                 unit="s",
                 better="lower",
+                limit=f["flops"] / report.median(f["times"]) / rate,
+                limit_name=limits.describe_rate(rate),
             )
         )
         temp, temp1 = f["temp"], found[one]["temp"]

@@ -2,9 +2,10 @@
 
 A compute-bound figure is reported as model FLOPs per second (XLA's `cost_analysis`) over the
 rate of one large jitted matmul measured in the same run; a memory-bound one as bytes moved per
-second over a jitted streaming copy of the same size. Both are medians of a few calls after a
-warm-up, on JAX's default device, in the dtype that device runs fastest (float32 on CPU,
-bfloat16 on an accelerator) unless told.
+second over a jitted streaming copy of the same size. A limit is what the machine can do, so
+both take the fastest of a few calls after a warm-up (noise only ever slows a call down), on
+JAX's default device, in the dtype that device runs fastest (float32 on CPU, bfloat16 on an
+accelerator) unless told.
 """
 
 from __future__ import annotations
@@ -22,38 +23,44 @@ def default_dtype() -> str:
     return "float32" if jax.devices()[0].platform == "cpu" else "bfloat16"
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of `repeats` calls of `fn` (blocked until ready), after one warm-up."""
+def seconds(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Wall times of `repeats` calls of `fn` (blocked until ready), after one warm-up call."""
     jax.block_until_ready(fn())
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of `repeats` calls of `fn`, after one warm-up."""
+    return statistics.median(seconds(fn, repeats))
 
 
 def matmul_rate(n: int = 2048, repeats: int = 7, dtype: str | None = None) -> float:
-    """FLOP/s of a jitted [n, n] @ [n, n] matmul (2 n^3 FLOPs), median of `repeats`."""
+    """FLOP/s of a jitted [n, n] @ [n, n] matmul (2 n^3 FLOPs), the fastest of `repeats`."""
     dtype = dtype or default_dtype()
     rng = np.random.default_rng(0)
     a = jnp.asarray(rng.standard_normal((n, n)), dtype)
     b = jnp.asarray(rng.standard_normal((n, n)), dtype)
     f = jax.jit(jnp.matmul)
-    return 2.0 * n**3 / median_seconds(lambda: f(a, b), repeats)
+    return 2.0 * n**3 / min(seconds(lambda: f(a, b), repeats))
 
 
 def copy_bandwidth(nbytes: int = 64 << 20, repeats: int = 7) -> float:
     """Bytes/s of a jitted streaming pass (read float32 x, write x + 1): 2 * nbytes per call,
-    a fresh output buffer each time, as a dequantisation writes one."""
+    a fresh output buffer each time, as a dequantisation writes one; the fastest of `repeats`."""
     x = jnp.zeros((nbytes // 4,), jnp.float32)
     f = jax.jit(lambda v: v + 1.0)
-    return 2.0 * nbytes / median_seconds(lambda: f(x), repeats)
+    return 2.0 * nbytes / min(seconds(lambda: f(x), repeats))
 
 
-def flops(compiled) -> float:
-    """Model FLOPs of one call of a compiled program, from XLA's cost analysis (0 if unknown)."""
-    cost = compiled.cost_analysis()
+def flops(program) -> float:
+    """Model FLOPs of one call of a compiled (or only lowered: no compilation needed) program,
+    from XLA's cost analysis (0 if unknown)."""
+    cost = program.cost_analysis()
     if isinstance(cost, list):  # older jax: one dict per device program
         cost = cost[0] if cost else {}
     return float((cost or {}).get("flops", 0.0))

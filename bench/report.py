@@ -29,6 +29,9 @@ class Row:
       ours, peer: medians (same unit); peer_name: who the peer is.
       unit: "s", "speakers/min", "bytes", ...; better: "higher" or "lower".
       runs: how many measurements each median is over; note: anything the reader needs.
+      limit: our figure as a fraction of the machine's own limit measured in the same run (model
+        FLOP/s over a matmul's, or bytes/s over a copy's); 0 = not rated (latency-bound rows).
+      limit_name: what that limit is ("157 GFLOP/s float32 matmul").
     """
 
     figure: str
@@ -39,6 +42,8 @@ class Row:
     better: str
     runs: int
     note: str = ""
+    limit: float = 0.0
+    limit_name: str = ""
 
     def __post_init__(self):
         if self.better not in BETTER:
@@ -73,9 +78,13 @@ def row(
     unit: str,
     better: str,
     note: str = "",
+    limit: float = 0.0,
+    limit_name: str = "",
 ) -> Row:
     """A row from raw measurements: medians of `ours` and `peer` (runs = the shorter count)."""
     return Row(
+        limit=limit,
+        limit_name=limit_name,
         figure=figure,
         ours=median(ours),
         peer=median(peer),
@@ -100,6 +109,13 @@ def reading(r: Row) -> str:
     return f"{gain:.2f}x {good}" if gain >= 1 else f"{1.0 / gain:.2f}x {bad}"
 
 
+def limit_cell(r: Row) -> str:
+    """'51% of 157 GFLOP/s float32 matmul', or '-' for a row that is not rated."""
+    if not r.limit or not math.isfinite(r.limit):
+        return "-"
+    return f"{r.limit:.0%} of {r.limit_name}" if r.limit_name else f"{r.limit:.0%}"
+
+
 def fmt(x: float) -> str:
     """A compact number: 4 significant digits, thousands grouped for big integers."""
     if not math.isfinite(x):
@@ -114,9 +130,10 @@ def _cell(text: str) -> str:
 
 
 def table(rows: Sequence[Row], command: str) -> str:
-    """A Markdown table: figure, ours, peer, ours/peer, reading, median of N, command."""
-    head = "| figure | ours | peer | ours / peer | reading | median of | command |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    """A Markdown table: figure, ours, peer, ours/peer, reading, of the machine's limit,
+    median of N, command."""
+    head = "| figure | ours | peer | ours / peer | reading | ours: of machine limit | median of | command |"
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         figure = f"{r.figure} ({r.unit})" + (f"; {r.note}" if r.note else "")
         cells = [
@@ -125,6 +142,7 @@ def table(rows: Sequence[Row], command: str) -> str:
             f"{fmt(r.peer)} ({r.peer_name})",
             f"{r.ratio:.3f}",
             reading(r),
+            limit_cell(r),
             str(r.runs),
             f"`{command}`",
         ]

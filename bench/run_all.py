@@ -61,6 +61,12 @@ SECTIONS = {
         "--speakers 1000,10000 --budget_mb 512",
         "--speakers 20,60 --budget_mb 512",
     ),
+    "adapt_limit": (
+        "Adaptation step against the machine's matmul rate; NF4 against float32",
+        "bench/bench_adapt_limit.py",
+        "--slots 1,16 --repeats 5",
+        "--slots 1,2 --window 1 --tokens 8 --batch 1 --repeats 2",
+    ),
     "paged_bank": (
         "Decoding from a bank of 10,000 speakers: paged against in memory",
         "bench/bench_paged_bank.py",
@@ -108,6 +114,18 @@ def run_section(name: str, quick: bool, workdir: pathlib.Path, timeout: float) -
     return report.Section(title, command(script, args), rows, setting, "", seconds)
 
 
+def _limits(when: str) -> dict[str, str]:
+    """The machine's matmul rate and copy bandwidth (each section also measures its own, in its
+    process, beside its figures: the rows' 'of machine limit' column)."""
+    import limits
+
+    rate, bandwidth = limits.matmul_rate(), limits.copy_bandwidth()
+    return {
+        f"matmul rate {when}": limits.describe_rate(rate),
+        f"copy bandwidth {when}": f"{bandwidth / 1e9:.1f} GB/s (jitted x + 1, 64 MiB)",
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small settings (a smoke run)")
@@ -124,6 +142,7 @@ def main() -> None:
     if args.only != ",".join(SECTIONS):
         cmd += f" --only {args.only}"
     machine = report.machine_info()
+    machine |= _limits("at start")
     t = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pqm-bench-") as tmp:
         workdir = pathlib.Path(args.logs or tmp)
@@ -133,6 +152,7 @@ def main() -> None:
         machine["load average at end (1/5/15 min)"] = " / ".join(
             f"{x:.2f}" for x in os.getloadavg()
         )
+    machine |= _limits("at end")
     machine["total wall time"] = f"{time.perf_counter() - t:.0f} s"
     text = report.document(sections, machine, cmd)
     pathlib.Path(args.out).write_text(text)
