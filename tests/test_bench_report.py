@@ -55,14 +55,16 @@ def test_table_and_document():
     rows = (
         report.Row("quantise | 64", 0.5, 2.0, "bnb", "s", "lower", 7, note="n"),
         report.Row("bytes", 22_249_088, 151_041_024, "fp32", "bytes", "lower", 1),
+        report.Row("step", 2.0, 1.0, "f32", "s", "lower", 3, limit=0.514, limit_name="9 GFLOP/s"),
     )
     table = report.table(rows, "python bench/x.py --a 1")
     lines = table.splitlines()
-    assert len(lines) == 4 and lines[1] == "|---" * 7 + "|"
-    assert all(line.count(" | ") == 6 for line in (lines[0], *lines[2:]))
+    assert len(lines) == 5 and lines[1] == "|---" * 8 + "|"
+    assert all(line.count(" | ") == 7 for line in (lines[0], *lines[2:]))
     assert "quantise \\| 64 (s); n" in lines[2]  # pipes in cells are escaped
-    assert "| 0.5 | 2 (bnb) | 0.250 | 4.00x faster | 7 | `python bench/x.py --a 1` |" in lines[2]
+    assert "| 0.5 | 2 (bnb) | 0.250 | 4.00x faster | - | 7 | `python bench/x.py --a 1` |" in lines[2]
     assert "22,249,088" in lines[3] and "6.79x smaller" in lines[3]
+    assert "| 2.00x slower | 51% of 9 GFLOP/s | 3 |" in lines[4]  # the machine-limit column
 
     ok = report.Section("NF4", "python bench/x.py", rows, ("setting line",), seconds=3.2)
     failed = report.Section("decode", "python bench/y.py", (), error="exit status 1")
