@@ -3,7 +3,8 @@
 Whisper tiny.en cut to a short window, a bank of S speakers (LoRA r 8 on q/k/v/out, AdamW), one
 jitted vmapped step (the program stage 3 runs). FLOPs per step come from XLA's
 `compiled.cost_analysis()`; the machine's rate from a jitted 2048x2048 matmul timed in the same
-process, before and after each slot count (the fastest of each; the median of both is used). `fraction_of_peak` =
+process. The programs and the matmul run round-robin (each repeat times each once); step times
+are medians, the rate the median over the repeats of the fastest of 3 matmuls. `fraction_of_peak` =
 (flops_per_step / seconds_per_step) / matmul_flops_per_s. With `--quant nf4,none` the NF4 and
 float32 bases run side by side (nf4-dense: the NF4 base decoded once, as stage3.dense_base does),
 and the NF4 / float32 step-time ratios are reported.
@@ -82,14 +83,24 @@ def measure(args) -> tuple[list[dict], list[report.Row], list[str]]:
     models = {q: _base(q, args.window) for q in args.quant}
     cfg = next(iter(models.values()))[1]
     for slots in args.slots:
+        programs = {}
         for quant, (base, _) in models.items():
             t = time.perf_counter()
-            compiled, call = _program(base, cfg, slots, args.batch, args.tokens)
+            programs[quant] = _program(base, cfg, slots, args.batch, args.tokens)
             compile_s.append(f"{slots} slots {quant} {time.perf_counter() - t:.0f} s")
-            rate_before = limits.matmul_rate(repeats=args.repeats)
-            seconds = limits.median_seconds(lambda c=compiled, a=call: c(*a), args.repeats)
-            rate = statistics.median([rate_before, limits.matmul_rate(repeats=args.repeats)])
-            flops = limits.flops(compiled)
+        for compiled, call in programs.values():  # warm-up
+            jax.block_until_ready(compiled(*call))
+        # round-robin: every repeat times each program and the matmul once, so that a slow
+        # minute of a shared machine falls on all of them alike
+        times = {q: [] for q in programs}
+        rates = []
+        for _ in range(args.repeats):
+            rates.append(limits.matmul_rate(repeats=3))
+            for quant, (compiled, call) in programs.items():
+                times[quant] += limits.seconds(lambda c=compiled, a=call: c(*a), 1)
+        rate = statistics.median(rates)
+        for quant, (compiled, _) in programs.items():
+            seconds, flops = statistics.median(times[quant]), limits.flops(compiled)
             results.append(
                 {
                     "slots": slots,
@@ -102,7 +113,7 @@ def measure(args) -> tuple[list[dict], list[report.Row], list[str]]:
                 }
             )
             print(
-                f"{slots:5d} slots {quant:5s}: {seconds:.4f} s/step, {flops / 1e9:.1f} GFLOP, "
+                f"{slots:5d} slots {quant:9s}: {seconds:.4f} s/step, {flops / 1e9:.1f} GFLOP, "
                 f"{flops / seconds / 1e9:.1f} GFLOP/s = {flops / seconds / rate:.1%} of "
                 f"{limits.describe_rate(rate)}",
                 flush=True,

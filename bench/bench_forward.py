@@ -124,7 +124,7 @@ def measure(
         ),
     ]
     setting = [
-        f"Whisper {model}, NF4 block 64 + double quantisation on {len(spec.quant_targets)} "
+        f"Whisper {model}, NF4 block 64 + double quantisation on {len(spec.targets())} "
         f"target patterns ({q_n:,} of {qtree.tree_num_params(full):,} weights), "
         f"{cfg_w.max_source_positions} encoder positions ({window:g} s), random log-mel and "
         f"token ids, float32 activations, device {jax.devices()[0].platform}",

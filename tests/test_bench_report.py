@@ -62,7 +62,9 @@ def test_table_and_document():
     assert len(lines) == 5 and lines[1] == "|---" * 8 + "|"
     assert all(line.count(" | ") == 7 for line in (lines[0], *lines[2:]))
     assert "quantise \\| 64 (s); n" in lines[2]  # pipes in cells are escaped
-    assert "| 0.5 | 2 (bnb) | 0.250 | 4.00x faster | - | 7 | `python bench/x.py --a 1` |" in lines[2]
+    assert (
+        "| 0.5 | 2 (bnb) | 0.250 | 4.00x faster | - | 7 | `python bench/x.py --a 1` |" in lines[2]
+    )
     assert "22,249,088" in lines[3] and "6.79x smaller" in lines[3]
     assert "| 2.00x slower | 51% of 9 GFLOP/s | 3 |" in lines[4]  # the machine-limit column
 

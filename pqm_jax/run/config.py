@@ -101,18 +101,19 @@ class Stage3Spec(adapt.AdaptSchedule):
       memory_budget_mb: with chunk_speakers 0, chunks hold as many speakers as fit in this
         much memory (adapters, optimiser state, best adapters, features); only the running
         chunk's features are in memory.
-      dense_base: "auto", "on" or "off". On: the quantised base is dequantised once for the
-        whole stage (in the compute dtype) and every update reads the dense copy instead of
-        decoding each weight again (the same values, so the same adapters; a one-speaker NF4
-        update then costs what a float32 one does). Auto: on when that copy takes at most a
-        quarter of `memory_budget_mb`. Off: decode inside every update (least memory).
+      dense_base: "off", "on" or "auto". Off: every update decodes the NF4 weights it uses
+        (least memory; on this 2-core CPU the fastest for banks of 16 speakers, 1.04-1.32x
+        quicker than a dense copy in bench/bench_adapt_limit.py). On: the base is decoded once
+        for the whole stage, in the compute dtype, and the updates read that dense copy (the
+        same values, so the same adapters; for one speaker it removes the decoding, up to
+        1.2x). Auto: on when the copy takes at most a quarter of `memory_budget_mb`.
       optim: optimiser (paper: Adam, lr 1e-3 with exponential decay).
     """
 
     enabled: bool = True
     ckpt_every: int = 20
     memory_budget_mb: float = 4096.0
-    dense_base: str = "auto"
+    dense_base: str = "off"
     optim: optim.OptimConfig = dataclasses.field(
         default_factory=lambda: optim.OptimConfig(
             name="adam", learning_rate=1e-3, schedule="exponential", decay_rate=0.9

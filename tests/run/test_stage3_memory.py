@@ -10,6 +10,7 @@ from pqm_jax.run import config as config_lib
 from pqm_jax.run import pipeline, results, stages
 from pqm_jax.train import adapt
 from pqm_jax.train import examples as ex
+from pqm_jax.train import steps as steps_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -57,3 +58,50 @@ def test_a_run_sizes_its_chunks_by_the_budget(tmp_path):
     manifest = results.load(tmp_path).manifest
     assert manifest["complete"] and manifest["slots"] == 1  # 0.6 MB holds one speaker
     assert len(manifest["chunks"]) == 3 and len(manifest["speakers"]) == 3
+
+
+def test_stage3_reads_a_dense_copy_of_the_base_when_asked():
+    import jax
+
+    from pqm_jax import sharding
+    from pqm_jax.quant import base as qbase
+    from pqm_jax.quant import tree as qtree
+    from pqm_jax.run import context
+    from pqm_jax.testing import toy
+
+    cfg = toy.tiny_config()
+    base = toy.quantized_model(cfg, key=jax.random.key(0))
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=2))
+    config = config_lib.RunConfig()
+
+    def run_with(**stage3):
+        c = config_lib.from_dict(config_lib.override(config_lib.to_dict(config), stage3))
+        shardings = sharding.base_shardings(base, mesh)
+        return context.Run(
+            config=c,
+            workdir=None,
+            mesh=mesh,
+            base=sharding.put(base, shardings),
+            base_shardings=shardings,
+            step_config=steps_lib.StepConfig(model=cfg),
+            tokenizer=None,
+            store=None,
+            writer=None,
+        )
+
+    off = run_with(**{"stage3.dense_base": "off"})
+    assert stages.with_stage3_base(off) is off
+    on = stages.with_stage3_base(run_with(**{"stage3.dense_base": "on"}))
+    leaves = jax.tree.leaves(on.base, is_leaf=qbase.is_quantized)
+    assert not any(qbase.is_quantized(x) for x in leaves)
+    ref = jax.jit(qtree.dequantize_tree)(base)  # eager op-by-op rounds apart (no FMA)
+    assert all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(on.base), jax.tree.leaves(ref), strict=True)
+    )
+    # auto: on when the copy fits a quarter of the budget
+    tiny_budget = {"stage3.dense_base": "auto", "stage3.memory_budget_mb": 0.01}
+    assert not stages.dense_base_wanted(run_with(**tiny_budget).config.stage3, base, "float32")
+    assert stages.dense_base_wanted(config_lib.Stage3Spec(dense_base="auto"), base, "float32")
+    with pytest.raises(ValueError, match="dense_base"):
+        config_lib.Stage3Spec(dense_base="yes")
