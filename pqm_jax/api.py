@@ -120,8 +120,20 @@ class WhisperModel:
         )
 
     def features(self, audios: Sequence[np.ndarray]) -> np.ndarray:
-        """Log-mel [B, n_mels, 3000] of 16 kHz mono utterances."""
-        cfg = features.FeatureConfig(n_mels=self.config.n_mels)
+        """Log-mel [B, n_mels, frames] of 16 kHz mono utterances, padded to the model's window
+        (3000 frames = 30 s for Whisper as released; a run trained on a shorter window reads
+        that window, and longer audio is cut to it with a warning)."""
+        n_samples = self.config.n_frames * features.HOP
+        for i, clip in enumerate(audios):
+            if len(clip) > n_samples and n_samples < features.N_SAMPLES:
+                warnings.warn(
+                    f"utterance {i} is {len(clip) / audio_lib.TARGET_RATE:.1f} s long; this model "
+                    f"reads {n_samples / audio_lib.TARGET_RATE:g} s windows (its run's "
+                    "model.audio_window_s), so only its start is transcribed",
+                    pqm_jax.PQMWarning,
+                    stacklevel=2,
+                )
+        cfg = features.FeatureConfig(n_mels=self.config.n_mels, n_samples=n_samples)
         return features.log_mel_batch(list(audios), cfg)
 
     def transcribe(

@@ -1,4 +1,4 @@
-"""What train.py and evaluate.py share: absl flag parsing and one-line errors."""
+"""What the commands (train.py, evaluate.py, `pqm`) share: absl flag parsing and one-line errors."""
 
 from __future__ import annotations
 
@@ -66,9 +66,17 @@ def disk_full_message(prog: str, error: OSError, workdir: str | os.PathLike) -> 
     )
 
 
-def run(main: Callable[[list[str]], None], *, prog: str, usage: str, workdir: Callable[[], str]):
-    """`absl.app.run(main)` with one-line errors for bad flags, a full disk, and another
-    process of a multi-process run lost (then this one stops too, saying how to resume)."""
+def run(
+    main: Callable[[list[str]], None],
+    *,
+    prog: str,
+    usage: str,
+    workdir: Callable[[], str],
+    argv: list[str] | None = None,
+):
+    """`absl.app.run(main)` (flags from `argv`, default sys.argv) with one-line errors for bad
+    flags, a full disk, and another process of a multi-process run lost (then this one stops
+    too, saying how to resume)."""
 
     def guarded(argv: list[str]) -> None:
         try:
@@ -84,4 +92,4 @@ def run(main: Callable[[list[str]], None], *, prog: str, usage: str, workdir: Ca
                 multihost.stop(f"{prog}: {lost}")
             raise
 
-    app.run(guarded, flags_parser=lambda argv: parse_flags(argv, prog=prog, usage=usage))
+    app.run(guarded, argv=argv, flags_parser=lambda args: parse_flags(args, prog=prog, usage=usage))

@@ -1,0 +1,1 @@
+"""The programs behind `pqm`, train.py and evaluate.py."""

@@ -1,0 +1,189 @@
+"""pqm: the command line of pqm-jax.
+
+    pqm transcribe AUDIO... [--model tiny.en|base|PATH] [--quant nf4] [--run DIR --speaker NAME]
+                            [--beam_size N] [--output_format txt|json|all] [--output_dir DIR]
+    pqm export --run DIR --speaker NAME --format peft --out DIR
+    pqm train --config CONFIG.py --workdir DIR      (the same program as train.py)
+    pqm evaluate --workdir DIR                      (the same program as evaluate.py)
+
+`transcribe` follows openai-whisper's and faster-whisper's command lines: one output file per
+audio file, named after it, in --output_dir. With --run and --speaker it decodes with that
+speaker's personalised model (the run's quantised base and the speaker's stage-3 adapters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+COMMANDS = {
+    "transcribe": "transcribe audio files (a pretrained model, or one speaker of a run)",
+    "export": "write one speaker's adapters for another engine (PEFT)",
+    "train": "train PQM: the same program as train.py (--helpfull lists its flags)",
+    "evaluate": "score a run: the same program as evaluate.py",
+}
+FORMATS = ("txt", "json")
+EXPORTS = ("peft",)
+# Hugging Face ids recorded in exported adapters, by model name
+HF_IDS = {"tiny.en": "openai/whisper-tiny.en", "base": "openai/whisper-base"}
+
+
+def _usage() -> str:
+    lines = ["usage: pqm COMMAND [ARGS]", "", "commands:"]
+    lines += [f"  {name:<11s} {text}" for name, text in COMMANDS.items()]
+    lines += ["", "pqm COMMAND --help shows a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(__doc__.strip() + "\n\n" + _usage())
+        return
+    command, rest = argv[1], argv[2:]
+    if command == "train":
+        from pqm_jax.commands import train
+
+        train.entry("pqm train", ["pqm train", *rest])
+    elif command == "evaluate":
+        from pqm_jax.commands import evaluate
+
+        evaluate.entry("pqm evaluate", ["pqm evaluate", *rest])
+    elif command == "transcribe":
+        transcribe(rest)
+    elif command == "export":
+        export(rest)
+    else:
+        sys.exit(f"pqm: unknown command {command!r}\n{_usage()}")
+
+
+def _transcribe_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="pqm transcribe",
+        description="Transcribe audio files with Whisper, quantised or personalised.",
+    )
+    ap.add_argument("audio", nargs="+", help="audio files (any format soundfile reads, any rate)")
+    ap.add_argument(
+        "--model",
+        default="tiny.en",
+        help="tiny.en, base, a CTranslate2 or Hugging Face folder (default: tiny.en)",
+    )
+    ap.add_argument("--quant", default="none", help="none, nf4, fp4 or int8 (default: none)")
+    ap.add_argument("--run", help="a run folder (train.py --workdir): use its model")
+    ap.add_argument("--speaker", help="with --run: decode with this speaker's adapters")
+    ap.add_argument("--beam_size", type=int, default=1, help="1 = greedy (default: 1)")
+    ap.add_argument("--batch_size", type=int, default=8, help="files per decoding call")
+    ap.add_argument(
+        "--output_format",
+        default="txt",
+        choices=(*FORMATS, "all"),
+        help="txt: the text; json: text, file, model and speaker (default: txt)",
+    )
+    ap.add_argument("--output_dir", default=".", help="folder for the outputs (default: .)")
+    ap.add_argument("--verbose", action="store_true", help="also print each transcript")
+    return ap
+
+
+def _model_of_run(run_dir: str, speaker: str | None):
+    """(WhisperModel of the run's quantised base, the speaker's adapters or None)."""
+    from pqm_jax import api
+    from pqm_jax.run import results
+
+    res = results.load(run_dir)
+    if res.config.model.family.name != "whisper":
+        sys.exit(f"pqm transcribe: {run_dir} is a {res.config.model.name} run; only Whisper runs")
+    params, cfg = res.model()
+    model = api.WhisperModel(params=params, config=cfg, tokenizer=res.tokenizer())
+    if speaker is None:
+        return model, None
+    names = res.speakers()
+    if speaker not in names:
+        known = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+        sys.exit(f"pqm: speaker {speaker!r} is not in {run_dir} (its speakers: {known})")
+    return model, res.speaker_lora(speaker)
+
+
+def transcribe(argv: list[str]) -> list[pathlib.Path]:
+    """`pqm transcribe`; returns the files written."""
+    args = _transcribe_parser().parse_args(argv)
+    if args.speaker and not args.run:
+        sys.exit("pqm transcribe: --speaker needs --run DIR (the run that adapted it)")
+    missing = [a for a in args.audio if not pathlib.Path(a).is_file()]
+    if missing:
+        sys.exit(f"pqm transcribe: no such audio file: {', '.join(missing)}")
+    from pqm_jax import api
+
+    if args.run:
+        if args.quant != "none":
+            sys.exit("pqm transcribe: --quant comes from the run (its config) with --run")
+        model, adapters = _model_of_run(args.run, args.speaker)
+        source = args.run
+    else:
+        model = api.load_model(args.model, quant=None if args.quant == "none" else args.quant)
+        adapters, source = None, args.model
+    texts = model.transcribe(
+        args.audio, beam_size=args.beam_size, batch_size=args.batch_size, adapters=adapters
+    )
+    out_dir = pathlib.Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    formats = FORMATS if args.output_format == "all" else (args.output_format,)
+    written = []
+    for path, text in zip(args.audio, texts, strict=True):
+        stem = out_dir / pathlib.Path(path).stem
+        record = {"audio": str(path), "text": text, "model": source, "speaker": args.speaker}
+        for fmt in formats:
+            target = stem.with_suffix("." + fmt)
+            body = text + "\n" if fmt == "txt" else json.dumps(record, indent=1) + "\n"
+            target.write_text(body, encoding="utf-8")
+            written.append(target)
+        if args.verbose:
+            print(f"{path}: {text}")
+    print(f"pqm transcribe: {len(texts)} file(s) -> {out_dir} ({', '.join(formats)})")
+    return written
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="pqm export", description="Write one speaker's adapters for another engine."
+    )
+    ap.add_argument("--run", required=True, help="a run folder (train.py --workdir)")
+    ap.add_argument("--speaker", required=True, help="the adapted speaker")
+    ap.add_argument(
+        "--format",
+        default="peft",
+        help="peft: a Hugging Face PEFT LoRA folder (PeftModel.from_pretrained); ct2 and hf "
+        "(merged models) are not built yet",
+    )
+    ap.add_argument("--out", required=True, help="folder to write")
+    return ap
+
+
+def export(argv: list[str]) -> pathlib.Path:
+    """`pqm export`; returns the folder written."""
+    args = _export_parser().parse_args(argv)
+    if args.format not in EXPORTS:
+        sys.exit(
+            f"pqm export: format {args.format!r} is not available; this version writes "
+            f"{', '.join(EXPORTS)} (merged CTranslate2 / Hugging Face models are not built yet)"
+        )
+    from pqm_jax.convert import peft as peft_io
+    from pqm_jax.run import context, results
+
+    res = results.load(args.run)
+    if args.speaker not in res.speakers():
+        sys.exit(f"pqm export: speaker {args.speaker!r} is not in {args.run}")
+    name = res.config.model.path or res.config.model.name
+    out = peft_io.export(
+        res.speaker_lora(args.speaker),
+        args.out,
+        config=context.lora_config(res.config),
+        base_model_name_or_path=HF_IDS.get(name, name),
+    )
+    print(f"pqm export: {args.speaker} of {args.run} -> {out} ({args.format})")
+    return out
+
+
+if __name__ == "__main__":
+    main()

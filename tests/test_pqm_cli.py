@@ -1,0 +1,69 @@
+"""`pqm`: the help, transcribe (a pretrained model; one speaker of a run), export, and errors."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from pqm_jax import api
+from pqm_jax.commands import pqm
+from pqm_jax.convert import peft as peft_io
+from pqm_jax.run import results
+
+
+def test_help_lists_every_command(capsys):
+    pqm.main(["pqm", "--help"])
+    out = capsys.readouterr().out
+    assert all(f"  {name}" in out for name in pqm.COMMANDS)
+
+
+def test_unknown_command_and_bad_arguments_end_with_one_line():
+    with pytest.raises(SystemExit, match="unknown command 'fly'"):
+        pqm.main(["pqm", "fly"])
+    with pytest.raises(SystemExit, match=r"no such audio file: /no/such\.wav"):
+        pqm.main(["pqm", "transcribe", "/no/such.wav"])
+    with pytest.raises(SystemExit, match="--speaker needs --run"):
+        pqm.main(["pqm", "transcribe", "/no/such.wav", "--speaker", "ann"])
+    with pytest.raises(SystemExit, match="format 'ct2' is not available"):
+        pqm.main(["pqm", "export", "--run", "r", "--speaker", "s", "--format", "ct2", "--out", "o"])
+
+
+def test_transcribe_writes_what_the_api_transcribes(fsdd_root, tmp_path):
+    clips = sorted((fsdd_root / "recordings").glob("*_jackson_1*.wav"))[:2]
+    written = pqm.transcribe(
+        [*map(str, clips), "--output_format", "all", "--output_dir", str(tmp_path)]
+    )
+    assert sorted(p.name for p in written) == sorted(
+        f"{c.stem}.{fmt}" for c in clips for fmt in ("txt", "json")
+    )
+    expected = api.load_model("tiny.en").transcribe([str(c) for c in clips])
+    for clip, text in zip(clips, expected, strict=True):
+        record = json.loads((tmp_path / f"{clip.stem}.json").read_text())
+        assert record["text"] == text and record["audio"] == str(clip)
+        assert (tmp_path / f"{clip.stem}.txt").read_text() == text + "\n"
+
+
+def test_a_speaker_of_a_run_is_transcribed_and_exported(tiny_run, fsdd_root, tmp_path):
+    res = results.load(tiny_run)
+    speaker = res.speakers()[0]
+    clip = str(sorted((fsdd_root / "recordings").glob("*.wav"))[0])
+    out = tmp_path / "out"
+    pqm.main(["pqm", "transcribe", clip, "--run", str(tiny_run), "--speaker", speaker,
+              "--output_format", "json", "--output_dir", str(out)])  # fmt: skip
+    params, cfg = res.model()
+    model = api.WhisperModel(params=params, config=cfg, tokenizer=res.tokenizer())
+    lora = res.speaker_lora(speaker)
+    record = json.loads(next(out.glob("*.json")).read_text())
+    assert record["speaker"] == speaker
+    assert record["text"] == model.transcribe(clip, adapters=lora)[0]
+    with pytest.raises(SystemExit, match="is not in"):
+        pqm.main(["pqm", "transcribe", clip, "--run", str(tiny_run), "--speaker", "nobody"])
+
+    folder = tmp_path / "peft"
+    pqm.main(["pqm", "export", "--run", str(tiny_run), "--speaker", speaker, "--out", str(folder)])
+    loaded, _ = peft_io.load(folder)
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(lora), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
