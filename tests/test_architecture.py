@@ -29,8 +29,11 @@ FORBIDDEN = {
 }
 _CORE = ("pqm_jax.models", "pqm_jax.train", "pqm_jax.run", "pqm_jax.data", "pqm_jax.eval")
 FORBIDDEN |= {m: _CORE for m in ("pqm_jax.layers", "pqm_jax.lora", "pqm_jax.sharding")}
-# The CLIs' own module: no library module may import it (nor the CLI scripts themselves).
+# The CLIs' own module: no library module may import it (nor the CLI scripts themselves); the
+# programs behind the commands (`pqm`, train.py, evaluate.py) live in CLI_PACKAGE, which is CLI
+# code itself: it may import pqm_jax.cli, and no library module may import it.
 CLI_MODULES = ("pqm_jax.cli", "train", "evaluate")
+CLI_PACKAGE = "pqm_jax.commands"
 # A run folder's layout is spelled in one module only.
 LAYOUT_MODULE = "pqm_jax.run.workdir"
 LAYOUT_NAMES = ("ckpt", "features", "manifest.json", "metrics.jsonl", "tb", "chunk_")
@@ -127,9 +130,14 @@ def test_layers_import_only_downwards(layer):
     assert not bad, f"{layer} imports a layer above it: {bad}"
 
 
+def _is_cli(module: str) -> bool:
+    return module in CLI_MODULES or module == CLI_PACKAGE or module.startswith(CLI_PACKAGE + ".")
+
+
 def test_no_library_module_imports_a_cli():
-    bad = [f"{m} -> {d}" for m, deps in GRAPH.items() for d in deps if d in CLI_MODULES]
+    bad = [f"{m} -> {d}" for m, deps in GRAPH.items() if not _is_cli(m) for d in deps if _is_cli(d)]
     assert not bad, bad
+    assert "pqm_jax.cli" in GRAPH["pqm_jax.commands.train"]  # the exemption is not vacuous
 
 
 def test_the_run_folder_layout_is_spelled_in_one_module():
