@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from pqm_jax.data import audio, issues
+from pqm_jax.data import audio, augment, issues
 from pqm_jax.text import transcripts
 
 
@@ -93,6 +93,7 @@ class Entry:
       expected_rate: the corpus's native rate; other rates are reported when resampled.
       duration: seconds, when known without reading the audio.
       split: a split name given by the source (e.g. a manifest), else `None`.
+      augment: applied to the joined audio when it is read (`augment.copies`), else `None`.
     """
 
     utt_id: str
@@ -103,6 +104,7 @@ class Entry:
     expected_rate: int | None = audio.TARGET_RATE
     duration: float | None = None
     split: str | None = None
+    augment: augment.Augment | None = None
 
     @property
     def path(self) -> str:
@@ -209,6 +211,8 @@ def load_entry(
     if wave.shape[0] == 0:
         report.issue(issues.Kind.EMPTY_AUDIO, issues.Action.SKIPPED, name, "empty segment")
         return None
+    if entry.augment is not None:
+        wave = augment.apply(wave, rate, entry.augment)
     wave = audio.limit_length(
         wave,
         name=name,

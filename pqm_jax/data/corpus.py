@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pqm_jax import errors
-from pqm_jax.data import corpora, issues, sources, speakers
+from pqm_jax.data import augment, corpora, issues, sources, speakers
 from pqm_jax.text import transcripts
 
 if TYPE_CHECKING:
@@ -52,7 +52,33 @@ def build(spec: spec_lib.DataSpec, data_dir: pathlib.Path, *, report: issues.Inp
     if not corpus.targets:
         raise errors.ConfigError(f"data: no target speakers found ({spec.source} {spec.root})")
     speakers.check_disjoint(list(corpus.si_train) + list(corpus.si_dev), list(corpus.targets))
+    check_no_leak(corpus)
+    policy = spec.augment_policy()
+    if policy.copies:
+        corpus = dataclasses.replace(
+            corpus, si_train=tuple(augment.copies(corpus.si_train, policy))
+        )
     return corpus
+
+
+def check_no_leak(corpus: Corpus) -> None:
+    """Raises ValueError when a target speaker's audio file is also in the stage-2 pool (which
+    pretraining and stage 2 see), or when one file serves two target speakers."""
+    owner: dict[str, str] = {}
+    for speaker, split in corpus.targets.items():
+        for entry in (*split.adapt, *split.dev, *split.test):
+            for seg in entry.segments:
+                if owner.setdefault(seg.path, speaker) != speaker:
+                    raise ValueError(
+                        f"{seg.path} belongs to targets {owner[seg.path]} and {speaker}"
+                    )
+    for entry in (*corpus.si_train, *corpus.si_dev):
+        for seg in entry.segments:
+            if seg.path in owner:
+                raise ValueError(
+                    f"{seg.path} of target speaker {owner[seg.path]} is in the stage-2 pool "
+                    f"({entry.utt_id}): a target's audio must not be seen before its stage 3"
+                )
 
 
 def from_entries(

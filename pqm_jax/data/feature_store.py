@@ -71,6 +71,8 @@ class FeatureStore:
         size and modification time, so a file that changes (a damaged one fixed) is read anew."""
         spans = ";".join(f"{s.path}:{s.start_s}:{s.end_s}:{_stamp(s.path)}" for s in entry.segments)
         key = f"{entry.utt_id}|{spans}|{entry.gap_s}|{self.window_s}|{self.n_mels}"
+        if entry.augment is not None:
+            key += f"|{entry.augment.tag()}"
         digest = hashlib.sha1(key.encode()).hexdigest()[:20]
         return self.folder / digest[:2] / f"{digest}.npz"
 

@@ -16,6 +16,7 @@ import zlib
 
 import numpy as np
 
+from pqm_jax import errors
 from pqm_jax.data import corpora, corpus, issues, sources, speakers
 from pqm_jax.text import transcripts as text
 
@@ -176,21 +177,52 @@ def reference_split(
 
 def build_corpus(spec, data_dir: pathlib.Path, report: issues.InputReport) -> corpus.Corpus:
     """The "fsdd" source: the reference protocol's splits; targets are `spec.speakers` (default:
-    all but `spec.si_speakers`); the stage-2 pool is `spec.si_speakers`' train and dev parts or,
-    with none named, `spec.si_voices` synthetic voices reading digits."""
+    all but `spec.si_speakers`). The stage-2 pool joins two parts: the real speakers named in
+    `spec.si_speakers` (their protocol adapt/dev parts, or `spec.fsdd_pool_counts` utterances)
+    and `spec.si_voices` synthetic voices reading digits (none when 0). A target is never in the
+    pool, and no recording of a target is (`corpus.check_no_leak`)."""
     n_train, n_dev, n_test = spec.fsdd_counts
     protocol = Protocol(n_train=n_train, n_dev=n_dev, n_test=n_test, seed=spec.seed)
-    splits = reference_split(spec.root or None, protocol=protocol, report=report)
+    root = spec.root or default_root()
+    if root is None:
+        raise FileNotFoundError("FSDD not found: set data.root or PQM_SHARED_DATA")
+    splits = reference_split(root, protocol=protocol, report=report)
+    unknown = sorted((set(spec.speakers) | set(spec.si_speakers)) - set(splits))
+    if unknown:
+        raise errors.ConfigError(
+            f"data.speakers / data.si_speakers name {', '.join(unknown)}, not FSDD speakers "
+            f"under {root} (found: {', '.join(splits)})"
+        )
     wanted = set(spec.speakers) or set(splits) - set(spec.si_speakers)
     targets = {s: splits[s] for s in sorted(wanted) if s in splits}
-    pool_names = set(spec.si_speakers) - wanted
-    si_train = speakers.pool_parts({s: splits[s] for s in pool_names}, "adapt")
-    si_dev = speakers.pool_parts({s: splits[s] for s in pool_names}, "dev")
-    if not pool_names and spec.si_voices > 0:  # stage 2 on synthetic voices reading digits
+    pool_names = sorted(set(spec.si_speakers) - wanted)
+    if any(spec.fsdd_pool_counts):
+        si_train, si_dev = pool_utterances(root, pool_names, spec, report=report)
+    else:
+        si_train = speakers.pool_parts({s: splits[s] for s in pool_names}, "adapt")
+        si_dev = speakers.pool_parts({s: splits[s] for s in pool_names}, "dev")
+    if spec.si_voices > 0:  # synthetic voices reading digits, beside any real speakers
         from pqm_jax.data import synth  # espeak-ng only when this pool is asked for
 
-        si_train, si_dev = synth.digit_pool(spec, data_dir, report)
+        synth_train, synth_dev = synth.digit_pool(spec, data_dir, report)
+        si_train, si_dev = [*si_train, *synth_train], [*si_dev, *synth_dev]
     return corpus.Corpus(targets=targets, si_train=tuple(si_train), si_dev=tuple(si_dev))
+
+
+def pool_utterances(
+    root, names: list[str], spec, *, report: issues.InputReport
+) -> tuple[list[corpora.Entry], list[corpora.Entry]]:
+    """`spec.fsdd_pool_counts` (train, dev) joined utterances of each pool speaker in `names`:
+    train from the adaptation takes 5-49, dev from the test takes 0-4 (disjoint recordings)."""
+    n_train, n_dev = spec.fsdd_pool_counts
+    protocol = Protocol(seed=spec.seed)
+    recs = [r for r in list_recordings(root, report=report) if r.speaker in set(names)]
+    adapt = [r for r in recs if protocol.adapt_takes[0] <= r.take < protocol.adapt_takes[1]]
+    test = [r for r in recs if protocol.test_takes[0] <= r.take < protocol.test_takes[1]]
+    kw = dict(digits_per_utterance=protocol.digits_per_utterance, gap_s=protocol.gap_s)
+    train = joined(adapt, n_train, seed=spec.seed, tag="pool", **kw) if n_train else []
+    dev = joined(test, n_dev, seed=spec.seed, tag="pooldev", **kw) if n_dev and test else []
+    return train, dev
 
 
 SOURCE = sources.register(sources.Source(name="fsdd", build=build_corpus))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from pqm_jax import errors
-from pqm_jax.data import sources, synth
+from pqm_jax.data import augment, sources, synth
 
 # What synthetic voices read.
 TEXTS = ("sentences", "digits")
@@ -33,8 +33,16 @@ class DataSpec:
       transcripts: sentence source for synth (LibriSpeech *.trans.txt); "" = the shared
         dev-clean text when present, else generated sentences.
       fsdd_counts: FSDD (train, dev, test) utterances per speaker (reference: 80, 20, 50).
+      fsdd_pool_counts: (train, dev) joined utterances of each FSDD speaker in the stage-2
+        pool (`si_speakers`): train from the adaptation takes, dev from the test takes;
+        (0, 0) = the protocol's own adapt / dev parts. Recordings are reused in new orders once
+        each has been used, so a count above the takes' quarter is itself an augmentation.
       text: what synthetic voices read: "sentences" (LibriSpeech text) or "digits" (runs of
         four digit words, as FSDD's joined utterances).
+      augment: what augmented copies of the pool's training utterances get (`augment.KINDS`:
+        "speed", "narrowband", "reverb", "noise"); dev parts and targets are never changed.
+      augment_copies: augmented copies per pool training utterance (0 = none).
+      augment_speeds, augment_snr_db, augment_rt60_s, augment_narrowband_hz: their ranges.
       seed: data seed (voices, splits, sentence choice).
       strict: stop at the first bad input item (corrupt audio, empty transcript, ...) with an
         `InputError` naming it, instead of warning, counting and skipping it.
@@ -57,7 +65,14 @@ class DataSpec:
     max_words: int = 30
     transcripts: str = ""
     fsdd_counts: tuple[int, int, int] = (80, 20, 50)
+    fsdd_pool_counts: tuple[int, int] = (0, 0)
     text: str = "sentences"
+    augment: tuple[str, ...] = ()
+    augment_copies: int = 0
+    augment_speeds: tuple[float, ...] = (0.9, 1.0, 1.1)
+    augment_snr_db: tuple[float, float] = (10.0, 30.0)
+    augment_rt60_s: tuple[float, float] = (0.1, 0.5)
+    augment_narrowband_hz: float = 4000.0
     seed: int = 0
     strict: bool = False
 
@@ -68,7 +83,23 @@ class DataSpec:
             )
         if self.text not in TEXTS:
             raise errors.ConfigError(f"data.text={self.text!r} is not one of {', '.join(TEXTS)}")
+        try:
+            self.augment_policy()
+        except ValueError as e:
+            raise errors.ConfigError(str(e)) from None
         if len(self.split) != 3 or min(self.split) < 0 or sum(self.split) <= 0:
             raise errors.ConfigError(
                 f"data.split must be 3 non-negative fractions, got {self.split}"
             )
+
+    def augment_policy(self) -> augment.Policy:
+        """The augmentation of the pool's training part (`augment.copies`)."""
+        return augment.Policy(
+            kinds=tuple(self.augment),
+            copies=self.augment_copies,
+            speeds=tuple(self.augment_speeds),
+            snr_db=tuple(self.augment_snr_db),
+            rt60_s=tuple(self.augment_rt60_s),
+            narrowband_hz=self.augment_narrowband_hz,
+            seed=self.seed,
+        )

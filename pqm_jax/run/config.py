@@ -294,13 +294,18 @@ def defaults() -> Any:
 
 def load_file(path: str | os.PathLike) -> Any:
     """The ConfigDict of a `configs/*.py` file (its `get_config()`), as `--config` loads it."""
+    return load_module(path).get_config()
+
+
+def load_module(path: str | os.PathLike) -> Any:
+    """A `configs/*.py` file as a module (for configs built from another's functions)."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist (see configs/*.py)")
     spec = importlib.util.spec_from_file_location(f"pqm_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module
 
 
 def override(config: Any, values: Mapping[str, Any]) -> Any:
