@@ -55,11 +55,11 @@ def test_a_target_recording_in_the_pool_is_refused(fsdd_root, tmp_path):
     built = corpus.build(spec, tmp_path, report=issues.InputReport())
     leaked = built.targets["theo"].test[0]
     bad = dataclasses.replace(built, si_train=(*built.si_train, leaked))
-    with pytest.raises(ValueError, match="theo.*stage-2 pool"):
+    with pytest.raises(ValueError, match=r"theo.*stage-2 pool"):
         corpus.check_no_leak(bad)
 
 
 def test_an_unknown_speaker_is_named(fsdd_root, tmp_path):
     spec = _fold(0, root=str(fsdd_root), speakers=("george", "nobody"))
-    with pytest.raises(config_lib.ConfigError, match="nobody.*found: george"):
+    with pytest.raises(config_lib.ConfigError, match=r"nobody.*found: george"):
         corpus.build(spec, tmp_path, report=issues.InputReport())
