@@ -104,7 +104,7 @@ def save(path: str | os.PathLike, items: Mapping[str, Any]) -> pathlib.Path:
       OSError: ENOSPC naming `path` when the disk is full (the partial folder is left to be
         cleaned by the next save).
     """
-    path = pathlib.Path(path)
+    path = pathlib.Path(path).absolute()  # orbax refuses relative paths (a relative --workdir)
     if path.exists():
         raise FileExistsError(f"checkpoint {path} already exists")
     for name in items:
@@ -225,7 +225,7 @@ def restore(path: str | os.PathLike, targets: Mapping[str, Any]) -> dict[str, An
     Raises:
       CorruptCheckpointError: the files of a requested item do not match the record.
     """
-    path = pathlib.Path(path)
+    path = pathlib.Path(path).absolute()
     verify(path, targets)
     args = {k: v if isinstance(v, Json) else _target(v) for k, v in targets.items()}
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:

@@ -87,3 +87,14 @@ def test_one_item_restores_without_the_others(tmp_path, trees):
         checkpoint.restore(path, {"s0": lora})
     with pytest.raises(KeyError, match="no item"):
         checkpoint.restore(path, {"s9": lora})
+
+
+def test_a_relative_path_saves_and_restores(tmp_path, trees, monkeypatch):
+    # `train.py --workdir runs/x` hands relative paths down; orbax alone refuses them.
+    _, lora = trees
+    monkeypatch.chdir(tmp_path)
+    series = checkpoint.Series("runs/x/ckpt")
+    series.save(100, {"lora": lora, "best": lora})
+    step, out = series.restore_latest({"lora": lora, "best": lora})
+    assert step == 100 and toy.tree_max_diff(out["best"], lora) == 0.0
+    assert (tmp_path / "runs/x/ckpt/step_00000100").is_dir()
