@@ -5,12 +5,14 @@ cross-attention keys/values once, the prompt in one prefill step, then the token
 `lax.while_loop` over single-token cached steps. Shapes depend only on (batch, options), so a new
 batch of the same size (any mix of speakers' adapters) reuses the compiled program.
 
-Token rules follow Hugging Face `generate` for Whisper without timestamps: the prompt is
+Token rules follow Hugging Face `generate` for Whisper. Without timestamps the prompt is
 `<|startoftranscript|>` (+ `<|en|><|transcribe|>` on multilingual models) + `<|notimestamps|>`;
 `suppress` ids are banned at every step and `begin_suppress` ids (blank, end-of-text) at the
 first generated step; a finished row keeps emitting end-of-text. Scores are log-probabilities
 normalised over the whole vocabulary before the bans (HF's order; openai-whisper bans first),
-so greedy and beam-search tokens both equal HF's.
+so greedy and beam-search tokens both equal HF's. With `timestamp_begin` set (a prompt without
+`<|notimestamps|>`), `timestamps.bans` adds Whisper's timestamp rules (HF `return_timestamps`);
+`temperature` > 0 samples instead of taking the best token (the fallback of long-form decoding).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from flax import struct
 
 from pqm_jax import lora as lora_lib
 from pqm_jax.models.whisper import model as whisper
+from pqm_jax.models.whisper import timestamps as ts_rules
 from pqm_jax.quant import base
 
 
@@ -54,6 +57,14 @@ class DecodeOptions:
       dtype: compute dtype name ("float32" or "bfloat16").
       predequantize: dequantise quantised weights once per call, before the token loop (else
         every step dequantises every weight it touches).
+      timestamp_begin: id of `<|0.00|>`: decode with timestamp tokens under Whisper's rules
+        (`timestamps.bans`); the prompt must then leave out `<|notimestamps|>`. None = text only.
+      max_initial_timestamp: with timestamps, the latest first timestamp (index; openai-whisper:
+        50 = 1.0 s). None = any.
+      temperature: 0 = the most likely token (greedy / beam); > 0 samples from the softmax of
+        log-probabilities / temperature (greedy only; `generate` then needs a key).
+      no_speech: id of `<|nospeech|>` (`<|nocaptions|>`): `Result.no_speech` is its probability
+        at the start-of-transcript position (openai-whisper's no_speech_prob). None = zeros.
     """
 
     prompt: tuple[int, ...]
@@ -68,6 +79,10 @@ class DecodeOptions:
     max_period: int = 8
     dtype: str = "float32"
     predequantize: bool = True
+    timestamp_begin: int | None = None
+    max_initial_timestamp: int | None = None
+    temperature: float = 0.0
+    no_speech: int | None = None
 
     def __post_init__(self):
         if not self.prompt:
@@ -76,6 +91,12 @@ class DecodeOptions:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.temperature > 0 and self.beam_size > 1:
+            raise ValueError("temperature > 0 samples one hypothesis: use beam_size 1")
+        if self.timestamp_begin is not None and self.timestamp_begin - 1 in self.prompt:
+            raise ValueError("a prompt with <|notimestamps|> cannot decode timestamps")
         # Lists from a JSON config would make the options unhashable; normalise to tuples.
         for name in ("prompt", "suppress", "begin_suppress"):
             object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))
@@ -95,11 +116,14 @@ class Result:
     tokens: [B, max_new] int32, generated ids after the prompt, end-of-text padded.
     lengths: [B] int32, tokens before the first end-of-text (the text tokens).
     scores: [B] float32, sum of log-probabilities of the generated tokens, end-of-text included.
+    no_speech: [B] float32, probability of `<|nospeech|>` after start-of-transcript (0 when
+      `DecodeOptions.no_speech` is None).
     """
 
     tokens: jax.Array
     lengths: jax.Array
     scores: jax.Array
+    no_speech: jax.Array
 
 
 def _ban(mask_ids: tuple[int, ...], vocab: int) -> jax.Array:
@@ -154,6 +178,16 @@ def _logprobs(logits: jax.Array, hist: jax.Array, t: jax.Array, opts: DecodeOpti
         banned |= begin[None] & (t == 0)
     if opts.no_repeat_ngram_size > 0:
         banned |= _ngram_bans(hist, t, opts.no_repeat_ngram_size, vocab)
+    if opts.timestamp_begin is not None:
+        banned = ts_rules.bans(
+            logits,
+            banned,
+            hist,
+            t,
+            timestamp_begin=opts.timestamp_begin,
+            eot=opts.eot,
+            max_initial=opts.max_initial_timestamp,
+        )
     # HF's order: normalise over the whole vocabulary, then ban (openai-whisper bans first). It
     # only matters for beam search: scores of banned-mass-heavy beams come out lower.
     logp = jnp.where(banned, neg, jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1))
@@ -183,7 +217,8 @@ def _lengths(tokens: jax.Array, eot: int) -> jax.Array:
 
 
 def _start(params, mel, lora, config, opts, dtype):
-    """Encoder, cross K/V, and the prompt prefill: (params, cross, cache, last logits [B, V])."""
+    """Encoder, cross K/V, and the prompt prefill: (params, cross, cache, last logits [B, V],
+    no-speech probability [B])."""
     params = _prepare(params, dtype, opts.predequantize)
     enc = whisper.encode(params, mel, config=config, lora=lora, dtype=dtype)
     cross = whisper.cross_kv(params, enc, config=config, lora=lora)
@@ -193,12 +228,16 @@ def _start(params, mel, lora, config, opts, dtype):
     logits, cache = whisper.decode_step(
         params, prompt, cache, cross, config=config, lora=lora, dtype=dtype
     )
-    return params, cross, cache, logits[:, -1]
+    if opts.no_speech is None:
+        no_speech = jnp.zeros((batch,), jnp.float32)
+    else:  # openai-whisper: at the start-of-transcript position, over the whole vocabulary
+        no_speech = jax.nn.softmax(logits[:, 0].astype(jnp.float32), axis=-1)[:, opts.no_speech]
+    return params, cross, cache, logits[:, -1], no_speech
 
 
-def _greedy(params, mel, lora, config: whisper.WhisperConfig, opts: DecodeOptions) -> Result:
+def _greedy(params, mel, lora, config: whisper.WhisperConfig, opts: DecodeOptions, key) -> Result:
     dtype = jnp.dtype(opts.dtype)
-    params, cross, cache, logits = _start(params, mel, lora, config, opts, dtype)
+    params, cross, cache, logits, no_speech = _start(params, mel, lora, config, opts, dtype)
     batch, steps = mel.shape[0], opts.new_tokens(config)
     step = functools.partial(whisper.decode_step, config=config, lora=lora, dtype=dtype)
 
@@ -208,7 +247,11 @@ def _greedy(params, mel, lora, config: whisper.WhisperConfig, opts: DecodeOption
     def body(s):
         t = s["t"]
         logp = _logprobs(s["logits"], s["hist"], t, opts)
-        tok = jnp.where(s["done"], opts.eot, jnp.argmax(logp, axis=-1).astype(jnp.int32))
+        if opts.temperature > 0:
+            pick = jax.random.categorical(jax.random.fold_in(key, t), logp / opts.temperature)
+        else:
+            pick = jnp.argmax(logp, axis=-1)
+        tok = jnp.where(s["done"], opts.eot, pick.astype(jnp.int32))
         gain = jnp.take_along_axis(logp, tok[:, None], axis=1)[:, 0]
         logits, cache = step(params, tok[:, None], s["cache"], cross)
         return {
@@ -229,7 +272,8 @@ def _greedy(params, mel, lora, config: whisper.WhisperConfig, opts: DecodeOption
         "cache": cache,
     }
     s = jax.lax.while_loop(cond, body, state)
-    return Result(tokens=s["hist"], lengths=_lengths(s["hist"], opts.eot), scores=s["score"])
+    lengths = _lengths(s["hist"], opts.eot)
+    return Result(tokens=s["hist"], lengths=lengths, scores=s["score"], no_speech=no_speech)
 
 
 def _repeat_bank(lora: Any, n: int) -> Any:
@@ -250,7 +294,7 @@ def _beam(params, mel, lora, config: whisper.WhisperConfig, opts: DecodeOptions)
     length, cannot beat the pool's worst; at the end, beams still running join the pool."""
     dtype = jnp.dtype(opts.dtype)
     k, steps, eot = opts.beam_size, opts.new_tokens(config), opts.eot
-    params, cross, cache, logits = _start(params, mel, lora, config, opts, dtype)
+    params, cross, cache, logits, no_speech = _start(params, mel, lora, config, opts, dtype)
     batch = mel.shape[0]
     rows = batch * k
     lora_rows = _repeat_bank(lora, k)
@@ -331,12 +375,13 @@ def _beam(params, mel, lora, config: whisper.WhisperConfig, opts: DecodeOptions)
     live = ~s["done"][:, None] & (s["score"] > neg)
     pool = pool_add(s["pool"], s["hist"], s["score"], live, jnp.maximum(s["t"], 1))
     tokens = pool["tokens"][:, 0]
-    return Result(tokens=tokens, lengths=_lengths(tokens, eot), scores=pool["raw"][:, 0])
+    lengths = _lengths(tokens, eot)
+    return Result(tokens=tokens, lengths=lengths, scores=pool["raw"][:, 0], no_speech=no_speech)
 
 
-def _generate(params, mel, lora, config, options):
+def _generate(params, mel, lora, key, config, options):
     if options.beam_size == 1:
-        return _greedy(params, mel, lora, config, options)
+        return _greedy(params, mel, lora, config, options, key)
     return _beam(params, mel, lora, config, options)
 
 
@@ -350,6 +395,7 @@ def generate(
     config: whisper.WhisperConfig,
     options: DecodeOptions,
     lora: Any = None,
+    key: jax.Array | None = None,
 ) -> Result:
     """Transcribes a batch of 30 s windows (jitted; compiled once per batch size and options).
 
@@ -360,11 +406,16 @@ def generate(
       options: decoding rules (static).
       lora: optional adapters: one tree for the whole batch, or a per-example bank whose arrays
         have a leading [B] axis (`lora.take(bank, speaker_ids)`), so one batch mixes speakers.
+      key: PRNG key for `options.temperature` > 0 (required then; ignored otherwise).
 
     Returns:
       `Result` with tokens [B, max_new] (beam search: the best finished hypothesis).
     """
-    return _generate_jit(params, jnp.asarray(mel), lora, config=config, options=options)
+    if options.temperature > 0 and key is None:
+        raise ValueError("sampling (temperature > 0) needs a PRNG key: generate(..., key=...)")
+    if key is None:
+        key = jax.random.key(0)  # unused by argmax decoding; one argument shape for the cache
+    return _generate_jit(params, jnp.asarray(mel), lora, key, config=config, options=options)
 
 
 def greedy(
