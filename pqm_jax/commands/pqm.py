@@ -20,12 +20,12 @@ import sys
 
 COMMANDS = {
     "transcribe": "transcribe audio files (a pretrained model, or one speaker of a run)",
-    "export": "write one speaker's adapters for another engine (PEFT)",
+    "export": "write one speaker's model for another engine (CTranslate2, transformers, PEFT)",
     "train": "train PQM: the same program as train.py (--helpfull lists its flags)",
     "evaluate": "score a run: the same program as evaluate.py",
 }
 FORMATS = ("txt", "json")
-EXPORTS = ("peft",)
+EXPORTS = ("peft", "ct2", "hf")
 # Hugging Face ids recorded in exported adapters, by model name
 HF_IDS = {"tiny.en": "openai/whisper-tiny.en", "base": "openai/whisper-base"}
 
@@ -146,43 +146,92 @@ def transcribe(argv: list[str]) -> list[pathlib.Path]:
 
 def _export_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="pqm export", description="Write one speaker's adapters for another engine."
+        prog="pqm export",
+        description="Write one speaker's personalised model (or adapters) for another engine.",
     )
     ap.add_argument("--run", required=True, help="a run folder (train.py --workdir)")
     ap.add_argument("--speaker", required=True, help="the adapted speaker")
     ap.add_argument(
         "--format",
         default="peft",
-        help="peft: a Hugging Face PEFT LoRA folder (PeftModel.from_pretrained); ct2 and hf "
-        "(merged models) are not built yet",
+        choices=EXPORTS,
+        help="peft: the speaker's adapters as a Hugging Face PEFT LoRA folder "
+        "(PeftModel.from_pretrained); ct2: a CTranslate2 Whisper folder with the adapters "
+        "merged (ctranslate2.models.Whisper, faster_whisper.WhisperModel); hf: a Hugging Face "
+        "folder with the adapters merged (WhisperForConditionalGeneration.from_pretrained) "
+        "(default: peft)",
     )
     ap.add_argument("--out", required=True, help="folder to write")
+    ap.add_argument(
+        "--ct2_quantization",
+        default="float16",
+        choices=("float16", "int8", "float32"),
+        help="with --format ct2: the weights' type in model.bin (default: float16)",
+    )
+    ap.add_argument(
+        "--window",
+        default="full",
+        choices=("full", "run"),
+        help="with ct2/hf: the encoder window of the exported model; full: the backbone's "
+        "(Whisper's 30 s, what faster-whisper and transformers' pipeline feed); run: the "
+        "run's audio window, exactly the model the evaluation scored (default: full)",
+    )
     return ap
 
 
 def export(argv: list[str]) -> pathlib.Path:
     """`pqm export`; returns the folder written."""
     args = _export_parser().parse_args(argv)
-    if args.format not in EXPORTS:
-        sys.exit(
-            f"pqm export: format {args.format!r} is not available; this version writes "
-            f"{', '.join(EXPORTS)} (merged CTranslate2 / Hugging Face models are not built yet)"
-        )
-    from pqm_jax.convert import peft as peft_io
-    from pqm_jax.run import context, results
+    from pqm_jax.run import results
 
-    res = results.load(args.run)
+    try:
+        res = results.load(args.run)
+    except FileNotFoundError as e:
+        sys.exit(f"pqm export: {e}")
     if args.speaker not in res.speakers():
-        sys.exit(f"pqm export: speaker {args.speaker!r} is not in {args.run}")
+        names = res.speakers()
+        known = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "") or "none yet"
+        sys.exit(
+            f"pqm export: speaker {args.speaker!r} is not in {args.run} (its speakers: {known})"
+        )
+    if args.format == "peft":
+        out = _export_peft(res, args)
+    else:
+        out = _export_merged(res, args)
+    print(f"pqm export: {args.speaker} of {args.run} -> {out} ({args.format})")
+    return out
+
+
+def _export_peft(res, args) -> pathlib.Path:
+    from pqm_jax.convert import peft as peft_io
+    from pqm_jax.run import context
+
     name = res.config.model.path or res.config.model.name
-    out = peft_io.export(
+    return peft_io.export(
         res.speaker_lora(args.speaker),
         args.out,
         config=context.lora_config(res.config),
         base_model_name_or_path=HF_IDS.get(name, name),
     )
-    print(f"pqm export: {args.speaker} of {args.run} -> {out} ({args.format})")
-    return out
+
+
+def _export_merged(res, args) -> pathlib.Path:
+    """The speaker's PQM model, adapters merged, as a CTranslate2 or Hugging Face folder."""
+    from pqm_jax.convert import engines
+
+    spec = res.config.model
+    if spec.family.name != "whisper":
+        sys.exit(
+            f"pqm export: {args.run} is a {spec.name} run; --format {args.format} writes "
+            "Whisper models only (--format peft exports its adapters)"
+        )
+    params, cfg = res.merged(args.speaker, window=args.window)
+    source = engines.model_folder(spec.name, spec.path)
+    if args.format == "ct2":
+        return engines.write_ct2(
+            args.out, params, cfg, source=source, quantization=args.ct2_quantization
+        )
+    return engines.write_hf(args.out, params, cfg, source=source)
 
 
 if __name__ == "__main__":

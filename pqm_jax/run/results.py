@@ -4,6 +4,7 @@
     base, model_config = res.model()            # quantised, cut to the training audio window
     si = res.si_lora()                          # stage-2 adapters
     lora = res.speaker_lora("en-029")           # one speaker: reads only its row
+    params, cfg = res.merged("en-029")          # its PQM model as dense weights (for export)
     paged = res.paged_bank()                    # any speaker's adapters, a page at a time
     bank, names = res.bank()                    # all adapted speakers stacked [S, ...] (small runs)
     corpus = res.corpus()                       # the same adapt/dev/test splits
@@ -23,6 +24,7 @@ import jax
 
 from pqm_jax import checkpoint
 from pqm_jax import lora as lora_lib
+from pqm_jax.convert import merged as merged_lib
 from pqm_jax.data import corpus as corpus_lib
 from pqm_jax.data import feature_store, issues
 from pqm_jax.run import backbone, context
@@ -92,6 +94,22 @@ class Results:
         """One speaker's best adapters (only its own row is read)."""
         paged = bank_lib.PagedBank(self.paths, template or self._template(), cache_speakers=0)
         return jax.tree.map(jax.numpy.asarray, paged.one(speaker))
+
+    def merged(self, speaker: str | None, *, window: str = "run") -> tuple[dict, Any]:
+        """(dense float32 params, model config) of `speaker`'s PQM model: the quantised base
+        dequantised with the speaker's stage-3 adapters merged (`convert.merged.merge`; the
+        stage-2 adapters are their starting point, already inside them). None = the stage-2
+        (speaker-independent) model. `window`: "run" = cut to the run's audio window (the
+        model the evaluation scores), "full" = the backbone's own window (Whisper: 30 s)."""
+        if window not in ("run", "full"):
+            raise ValueError(f"window must be 'run' or 'full', not {window!r}")
+        if speaker is not None and speaker not in self.speakers():
+            names = self.speakers()
+            known = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "") or "none yet"
+            raise KeyError(f"speaker {speaker!r} is not in {self.workdir} (its speakers: {known})")
+        base, cfg = self.model() if window == "run" else self.backbone()[:2]
+        adapters = self.si_lora() if speaker is None else self.speaker_lora(speaker)
+        return merged_lib.merge(base, adapters), cfg
 
     def bank(self, speakers: list[str] | None = None) -> tuple[Any, list[str]]:
         """(adapters of `speakers` (default all) stacked [S, ...], speaker index), in memory:

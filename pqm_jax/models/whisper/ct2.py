@@ -409,6 +409,45 @@ def variables_from_params(
     return var, {"decoder/projection/weight": "decoder/embeddings/weight"}
 
 
+QUANTIZATIONS = ("float32", "float16", "int8")
+
+
+def quantize_int8(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CTranslate2's int8 layout of one weight [out, ...] (linear [out, in], conv [out, in,
+    width], embedding [vocab, d]): (int8 round(w * scale) of the same shape, float32 scale
+    [out] = 127 / max|row|), a zero row getting scale 1, as `ModelSpec._quantize` does."""
+    w = np.asarray(weight, np.float32)
+    rows = w.reshape(w.shape[0], -1)
+    amax = np.abs(rows).max(axis=1)
+    amax[amax == 0] = 127.0
+    amax = np.maximum(amax, np.float32(127) / np.finfo(np.float32).max)
+    scale = (np.float32(127.0) / amax).astype(np.float32)
+    q = np.rint(rows * scale[:, None]).astype(np.int8).reshape(w.shape)
+    return q, scale
+
+
+def quantize_variables(
+    variables: Mapping[str, np.ndarray], quantization: str
+) -> dict[str, np.ndarray]:
+    """Variables as CTranslate2's converter stores them for `quantization` (its
+    `--quantization`): "float32" / "float16" cast every float variable; "int8" stores every
+    `.../weight` (linear, convolution, embedding) as int8 with a per-row float32
+    `.../weight_scale` and keeps the other floats (biases, norms, position tables) float32.
+    Integer scalars are left as they are."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, not {quantization!r}")
+    out: dict[str, np.ndarray] = {}
+    for name, value in variables.items():
+        value = np.asarray(value)
+        if not np.issubdtype(value.dtype, np.floating) and value.dtype != ml_dtypes.bfloat16:
+            out[name] = value
+        elif quantization == "int8" and name.endswith("/weight") and value.ndim >= 2:
+            out[name], out[f"{name}_scale"] = quantize_int8(value)
+        else:
+            out[name] = value.astype(np.float16 if quantization == "float16" else np.float32)
+    return out
+
+
 def _read_config(path: pathlib.Path | None) -> dict[str, Any]:
     if path is None or not path.is_file():
         return {}
