@@ -140,6 +140,33 @@ def test_ctranslate2s_own_converter_reads_back(
         _assert_tree_equal(params, want, atol=0.02, rtol=0)
 
 
+def test_int8_and_float16_layouts_equal_ctranslate2s_converter(
+    hf_model, hf_state, tiny_config, tmp_path
+):
+    """`quantize_variables` stores what CTranslate2's converter stores: the same int8 values
+    and per-row scales (linears, convolutions, embedding), float32 elsewhere; float16 casts."""
+    converters = pytest.importorskip("ctranslate2.converters.transformers")
+    ours, _ = ct2.variables_from_params(
+        hf.from_state_dict(hf_state, tiny_config), tiny_config, dtype=np.float32
+    )
+    for quantization in ("int8", "float16"):
+        spec = converters.WhisperLoader().get_model_spec(copy.deepcopy(hf_model))
+        spec.register_vocabulary([f"t{i}" for i in range(tiny_config.vocab_size)])
+        spec.validate()
+        spec.optimize(quantization=quantization)
+        (tmp_path / quantization).mkdir()
+        spec.save(str(tmp_path / quantization))
+        theirs = ct2.read_model_bin(tmp_path / quantization / "model.bin").variables
+        mine = ct2.quantize_variables(ours, quantization)
+        floats = [n for n, v in theirs.items() if v.ndim > 0]
+        assert sorted(floats) == sorted(n for n, v in mine.items() if v.ndim > 0)
+        for name in floats:
+            assert mine[name].dtype == theirs[name].dtype, name
+            np.testing.assert_array_equal(mine[name], theirs[name], err_msg=name)
+    with pytest.raises(ValueError, match="quantization must be one of"):
+        ct2.quantize_variables(ours, "int4")
+
+
 def _whisper_file(tmp_path, hf_state, tiny_config):
     params = hf.from_state_dict(hf_state, tiny_config)
     ct2.save(tmp_path, params, tiny_config)
