@@ -14,6 +14,7 @@ import pathlib
 import shutil
 
 from pqm_jax import resources
+from pqm_jax.convert import engines
 from pqm_jax.models.whisper import ct2, hf
 from pqm_jax.text import whisper_tokenizer as text
 
@@ -34,26 +35,8 @@ def main() -> None:
     args = parser.parse_args()
     model_dir, (params, config, ct2_config) = _read(args.source)
     tok = text.load(model_dir)
-    ids = tok.special
-    tokens = {
-        "bos_token_id": ids.eot,
-        "eos_token_id": ids.eot,
-        "pad_token_id": ids.eot,
-        "decoder_start_token_id": ids.sot,
-    }
-    generation = {
-        **tokens,
-        "max_length": config.max_target_positions,
-        "suppress_tokens": list(tok.suppress_tokens),
-        "begin_suppress_tokens": list(tok.begin_suppress_tokens),
-        "no_timestamps_token_id": ids.no_timestamps,
-        "is_multilingual": tok.multilingual,
-    }
-    if tok.multilingual:
-        generation["lang_to_id"] = {f"<|{k}|>": v for k, v in ids.languages.items()}
-        generation["task_to_id"] = {"transcribe": ids.transcribe, "translate": ids.translate}
-    if ct2_config.get("alignment_heads"):
-        generation["alignment_heads"] = ct2_config["alignment_heads"]
+    tokens = engines.token_ids(tok)
+    generation = engines.generation_config(tok, config, ct2_config.get("alignment_heads"))
     hf.save(args.out_dir, params, config, hf_config=tokens, generation_config=generation)
     shutil.copy(model_dir / "tokenizer.json", args.out_dir / "tokenizer.json")
     print(f"wrote {args.out_dir} ({config})")

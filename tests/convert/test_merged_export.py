@@ -232,6 +232,27 @@ def test_transformers_greedy_tokens_equal_ours(personalised, ours_float32, tmp_p
     assert _hf(folder, mel, tok, NEW_TOKENS) == ours_float32
 
 
+def test_faster_whisper_transcribes_a_30s_export(personalised, tmp_path):
+    """faster-whisper (not a dependency: skipped without it) reads the folder: its tokenizer,
+    suppress lists and preprocessor config; it feeds 30 s windows, so the export has Whisper's
+    full encoder window. Its tokens are CTranslate2's on its own features."""
+    faster_whisper = pytest.importorskip("faster_whisper")
+    source, _, _, tok, base, adapters, _ = personalised
+    full, cfg, _ = ct2.load(source)
+    table = {"embed_positions": jnp.asarray(full["encoder"]["embed_positions"])}
+    base30 = {**base, "encoder": {**base["encoder"], **table}}
+    folder = engines.write_ct2(tmp_path, merged.merge(base30, adapters), cfg, source=source)
+    model = faster_whisper.WhisperModel(str(folder), device="cpu")
+    clip = resources.shared_data_dir() / "fsdd" / "recordings" / "7_jackson_1.wav"
+    options = dict(beam_size=1, temperature=0.0, without_timestamps=True, vad_filter=False)
+    segments, _ = model.transcribe(str(clip), condition_on_previous_text=False, **options)
+    got = [t for s in segments for t in s.tokens if t < tok.special.eot]
+    wav = faster_whisper.decode_audio(str(clip))
+    mel = faster_whisper.audio.pad_or_trim(model.feature_extractor(wav))[None]
+    assert got == _ct2(folder, mel.astype(np.float32), tok, 224)[0]
+    assert tok.decode(got).strip(" .").lower() in ("seven", "7"), tok.decode(got)
+
+
 # --- pqm export ------------------------------------------------------------------------------
 
 
