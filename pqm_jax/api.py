@@ -27,7 +27,7 @@ from pqm_jax import lora as lora_lib
 from pqm_jax import models
 from pqm_jax.data import audio as audio_lib
 from pqm_jax.data import features
-from pqm_jax.models.whisper import decoding, hf
+from pqm_jax.models.whisper import decoding, hf, longform
 from pqm_jax.models.whisper import family as whisper_family
 from pqm_jax.models.whisper import model as whisper
 from pqm_jax.quant import base
@@ -198,15 +198,7 @@ class WhisperModel:
             mel = self.features([clips[i] for i in idx])
             pad = batch_size - len(idx)
             mel = np.concatenate([mel, np.repeat(mel[-1:], pad, axis=0)]) if pad else mel
-            lora = None
-            if hasattr(bank, "gather"):  # only this batch's speakers are read
-                who = [rows[i] for i in idx] + [rows[idx[-1]]] * pad
-                lora = jax.tree.map(jnp.asarray, bank.gather(who))
-            elif bank is not None:
-                ids = np.asarray([rows[i] for i in idx] + [rows[idx[-1]]] * pad, np.int32)
-                lora = lora_lib.take(bank, jnp.asarray(ids))
-            elif adapters is not None:
-                lora = adapters
+            lora = _batch_lora(bank, rows, adapters, idx + [idx[-1]] * pad)
             result = decoding.generate(
                 self.params, mel, config=self.config, options=opts, lora=lora
             )
@@ -214,6 +206,145 @@ class WhisperModel:
             for j, i in enumerate(idx):
                 out[i] = self.tokenizer.decode(tokens[j, : lengths[j]])
         return out
+
+    def timestamp_options(
+        self,
+        *,
+        beam_size: int = 1,
+        language: str | None = "en",
+        max_initial_timestamp: int | None = None,
+        **kwargs: Any,
+    ) -> decoding.DecodeOptions:
+        """`DecodeOptions` for decoding with timestamp tokens (long-form audio)."""
+        tok = self.tokenizer
+        base = self.decode_options(beam_size=beam_size, language=language, **kwargs)
+        return dataclasses.replace(
+            base,
+            prompt=tuple(tok.prompt(language if tok.multilingual else None, timestamps=True)),
+            timestamp_begin=tok.special.timestamp_begin,
+            max_initial_timestamp=max_initial_timestamp,
+            no_speech=tok.special.no_speech,
+        )
+
+    def transcribe_long(
+        self,
+        audio: AudioInput | Sequence[AudioInput],
+        *,
+        mode: str = "sequential",
+        beam_size: int = 1,
+        batch_size: int = 8,
+        speakers: Sequence[int | str] | None = None,
+        adapters: Any = None,
+        language: str | None = "en",
+        sample_rate: int = audio_lib.TARGET_RATE,
+        temperatures: Sequence[float] = (0.0,),
+        compression_ratio_threshold: float | None = None,
+        logprob_threshold: float | None = None,
+        no_speech_threshold: float | None = None,
+        max_initial_timestamp: int | None = None,
+        chunk_s: float | None = None,
+        stride_s: float = 5.0,
+        seed: int = 0,
+        progress: bool | None = None,
+        **decode_kwargs: Any,
+    ) -> list[longform.Transcript]:
+        """Transcribes audio of any length into timed segments (`longform`).
+
+        Args:
+          audio, beam_size, batch_size, speakers, adapters, language, sample_rate: as in
+            `transcribe` (no 30 s limit here).
+          mode: "sequential" (openai-whisper's seek-by-timestamp; transformers' long-form
+            `generate`) or "chunked" (overlapping chunks decoded as one batch, the pipeline's
+            way).
+          temperatures, compression_ratio_threshold, logprob_threshold, no_speech_threshold:
+            the fallback (`longform.Options`); the defaults decode once, greedily, like
+            transformers; openai-whisper's CLI uses (0, 0.2, ..., 1.0), 2.4, -1.0 and 0.6.
+          max_initial_timestamp: latest first timestamp (index; openai-whisper 50 = 1 s).
+          chunk_s, stride_s: chunked mode: chunk length (default: the model's window) and the
+            overlap with each neighbour.
+          seed: sampling key of the fallback.
+          progress: tqdm bar over the audio (default: more than one window of audio).
+
+        Returns:
+          one `longform.Transcript` per input (`.text`, `.segments` with start/end seconds).
+        """
+        single = isinstance(audio, str | os.PathLike) or isinstance(audio, np.ndarray | jax.Array)
+        items = [audio] if single else list(audio)
+        if not items:
+            return []
+        if mode not in ("sequential", "chunked"):
+            raise ValueError(f"mode must be 'sequential' or 'chunked', got {mode!r}")
+        clips = [_load_audio(a, i, sample_rate, limit=False) for i, a in enumerate(items)]
+        bank, rows = _resolve_adapters(adapters, speakers, len(clips))
+        base = self.timestamp_options(
+            beam_size=beam_size,
+            language=language,
+            max_initial_timestamp=max_initial_timestamp,
+            **decode_kwargs,
+        )
+        opts = longform.Options(
+            temperatures=tuple(float(t) for t in temperatures),
+            compression_ratio_threshold=compression_ratio_threshold,
+            logprob_threshold=logprob_threshold,
+            no_speech_threshold=no_speech_threshold,
+            batch_size=min(batch_size, 1 << (len(clips) - 1).bit_length())
+            if mode == "sequential"
+            else batch_size,
+            seed=seed,
+        )
+
+        def decode(mel, who, options, key):
+            lora = _batch_lora(bank, rows, adapters, list(who))
+            return decoding.generate(
+                self.params, mel, config=self.config, options=options, lora=lora, key=key
+            )
+
+        window = self.config.n_frames
+        total = sum(len(c) for c in clips) // features.HOP
+        show = (total > window) if progress is None else progress
+        if mode == "chunked":
+            return longform.chunked(
+                decode,
+                clips,
+                features=self.features,
+                base=base,
+                opts=opts,
+                tok_text=self.tokenizer.decode,
+                chunk_s=window * features.HOP / audio_lib.TARGET_RATE
+                if chunk_s is None
+                else chunk_s,
+                stride_s=stride_s,
+            )
+        mels = [features.log_mel_windows(c[None], self.config.n_mels)[0] for c in clips]
+        bar = None
+        if show:
+            import tqdm  # lazy
+
+            bar = tqdm.tqdm(total=total, desc="transcribing", unit="frame", unit_scale=True)
+        try:
+            return longform.sequential(
+                decode,
+                mels,
+                base=base,
+                opts=opts,
+                tok_text=self.tokenizer.decode,
+                progress=bar.update if bar is not None else None,
+                window=window,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _batch_lora(bank: Any, rows: list, adapters: Any, who: list[int]) -> Any:
+    """The adapters of the utterances `who` (indices into the inputs): a paged bank's rows read
+    from disk, a bank's rows taken, one tree as is, or None."""
+    if hasattr(bank, "gather"):  # only this batch's speakers are read
+        return jax.tree.map(jnp.asarray, bank.gather([rows[i] for i in who]))
+    if bank is not None:
+        ids = np.asarray([rows[i] for i in who], np.int32)
+        return lora_lib.take(bank, jnp.asarray(ids))
+    return adapters
 
 
 def _progress(batches: list, progress: bool | None, n: int):
@@ -226,8 +357,8 @@ def _progress(batches: list, progress: bool | None, n: int):
     return tqdm.tqdm(batches, desc=f"transcribing {n} utterances", unit="batch")
 
 
-def _load_audio(a: AudioInput, index: int, sample_rate: int) -> np.ndarray:
-    """One utterance -> mono float32 16 kHz, at most 30 s (warned when truncated)."""
+def _load_audio(a: AudioInput, index: int, sample_rate: int, *, limit: bool = True) -> np.ndarray:
+    """One utterance -> mono float32 16 kHz, at most 30 s when `limit` (warned when cut)."""
     if isinstance(a, str | os.PathLike):
         path = pathlib.Path(a)
         if path.is_dir():
@@ -262,10 +393,10 @@ def _load_audio(a: AudioInput, index: int, sample_rate: int) -> np.ndarray:
         raise ValueError(f"{name} is empty")
     if not np.isfinite(clip).all():
         raise ValueError(f"{name} holds NaN or inf samples")
-    if clip.size > features.N_SAMPLES:
+    if limit and clip.size > features.N_SAMPLES:
         warnings.warn(
             f"{name} is {clip.size / audio_lib.TARGET_RATE:.1f} s long; Whisper decodes one 30 s "
-            "window, so only its first 30 s are transcribed (split long audio first)",
+            "window, so only its first 30 s are transcribed (transcribe_long decodes it all)",
             pqm_jax.PQMWarning,
             stacklevel=3,
         )
