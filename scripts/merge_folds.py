@@ -35,9 +35,12 @@ def main(argv=None) -> None:
     merged["commands"] = args.command
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(merged, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(report.markdown(merged))
+    table = report.markdown(merged)
+    if {"nf4_si", "pqm"} <= set(merged["systems"]):
+        table += "\nThe speaker-specific step, per speaker:\n\n" + folds.step_table(merged)
+    args.out.with_suffix(".md").write_text(table)
     report.plot(merged, args.out.with_suffix(".png"))
-    print(report.markdown(merged))
+    print(table)
     print(f"wrote {args.out} (+ .md, .png)")
 
 

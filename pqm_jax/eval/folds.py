@@ -71,3 +71,23 @@ def merge(reports: Sequence[Mapping[str, Any]], *, names: Sequence[str]) -> dict
         speaker_params=speaker_params,
         extra={"folds": folds},
     )
+
+
+def step_table(report: Mapping[str, Any], *, before: str = "nf4_si", after: str = "pqm") -> str:
+    """Markdown: per speaker, WER and S/D/I of `before` and `after` and the relative change
+    (the speaker-specific step of PQM: NF4 + speaker-independent LoRA -> own LoRA)."""
+    systems = report["systems"]
+    if before not in systems or after not in systems:
+        raise KeyError(f"the report lacks {before!r} or {after!r}: it has {sorted(systems)}")
+    a, b = systems[before]["per_speaker_counts"], systems[after]["per_speaker_counts"]
+    head = f"| speaker | {before} WER | S/D/I | {after} WER | S/D/I | relative change |"
+    lines = [head, "|---|---|---|---|---|---|"]
+    for speaker in sorted(a):
+        ca, cb = _counts(a[speaker]), _counts(b[speaker])
+        change = wer.relative_reduction(cb.wer, ca.wer) if ca.wer else float("nan")
+        lines.append(
+            f"| {speaker} | {100 * ca.wer:.1f}% | {ca.substitutions}/{ca.deletions}/"
+            f"{ca.insertions} | {100 * cb.wer:.1f}% | {cb.substitutions}/{cb.deletions}/"
+            f"{cb.insertions} | {100 * change:.1f}% fewer errors |"
+        )
+    return "\n".join(lines) + "\n"

@@ -39,6 +39,14 @@ def test_counts_are_summed_not_wers_averaged():
     assert [f["speakers"] for f in merged["folds"]] == [["ann"], ["bob", "cat"]]
 
 
+def test_the_step_table_lists_each_speaker_with_sdi():
+    merged = folds.merge([_report({"ann": (3, 1, 0, 40)})], names=["f1"])
+    table = folds.step_table(merged, before="fp32", after="pqm")
+    assert "| ann | 10.0% | 3/1/0 | 7.5% | 2/1/0 | 25.0% fewer errors |" in table
+    with pytest.raises(KeyError, match="lacks"):
+        folds.step_table(merged, before="nf4_si")
+
+
 def test_a_speaker_in_two_folds_is_refused():
     a, b = _report({"ann": (1, 0, 0, 4)}), _report({"ann": (1, 0, 0, 4)})
     with pytest.raises(ValueError, match="ann is a target of both f1 and f2"):
