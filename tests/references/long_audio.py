@@ -1,7 +1,7 @@
 """Minutes of real speech with known pauses: FSDD digits of one speaker, joined into phrases.
 
 `phrases(root, ...)` returns 16 kHz audio made of phrases of 3-5 digits (0.15 s apart, as the
-FSDD protocol joins them) separated by pauses of 1.5-2.5 s, the reference words, and the pause
+FSDD protocol joins them) separated by pauses (`pause_s`, 1.5-2.5 s), the reference words, and the pause
 intervals (seconds), so that long-form segment times can be checked against the silences.
 """
 
@@ -17,7 +17,14 @@ from pqm_jax.text import transcripts
 RATE = 16_000
 
 
-def phrases(root: pathlib.Path, *, speaker: str, seconds: float, seed: int = 0):
+def phrases(
+    root: pathlib.Path,
+    *,
+    speaker: str,
+    seconds: float,
+    seed: int = 0,
+    pause_s: tuple[float, float] = (1.5, 2.5),
+):
     """(audio [samples] float32, reference words, pauses [(start_s, end_s)]) of about `seconds`."""
     recs = [r for r in fsdd.list_recordings(root) if r.speaker == speaker]
     rng = np.random.default_rng(seed)
@@ -37,7 +44,7 @@ def phrases(root: pathlib.Path, *, speaker: str, seconds: float, seed: int = 0):
             parts.append(clip)
             t += len(clip) / RATE
             words.append(transcripts.DIGIT_WORDS[r.digit])
-        gap = float(rng.uniform(1.5, 2.5))
+        gap = float(rng.uniform(*pause_s))
         parts.append(np.zeros(round(gap * RATE), np.float32))
         pauses.append((t, t + gap))
         t += gap

@@ -406,6 +406,8 @@ def chunked(
             continue
         frames = -(-(c.stop - c.start) // 160)
         spans = _chunk_spans(w.tokens, base.timestamp_begin, c.start / rate, frames)
+        # past the chunk's audio there is only padding: what is "heard" there is made up
+        spans = [(a, min(b, c.stop_s), ids) for a, b, ids in spans if a < c.stop_s]
         per_file[c.file].append(_segments(w, spans, tok_text))
     out = []
     for f, parts in enumerate(per_file):
@@ -425,8 +427,8 @@ def stitch(
     placed (by linear interpolation inside their segment) near the shared seconds take part, so
     that a common pair of tokens far away cannot pass for the overlap. Segments keep their own
     timestamps, a segment cut at the join starts or ends at the join's time. Without such an
-    agreement (silence, or the chunks heard it differently) each segment is kept by the chunk
-    that owns its middle.
+    agreement (silence, or the chunks wrote it differently) each token is kept by the chunk that
+    owns its interpolated time.
     """
     merged: list[tuple[int, int, int, int]] = []  # (token, chunk, segment, position in it)
     for c, segs in enumerate(parts):
@@ -445,9 +447,9 @@ def stitch(
         shift = _best_overlap(
             [m[0] for m in merged[len(merged) - tail :]], [q[0] for q in seq[:head]]
         )
-        if shift is None:
-            keep_left = [m for m in merged if _owns(parts, chunks, m, left=True)]
-            merged = keep_left + [q for q in seq if _owns(parts, chunks, q, left=False)]
+        if shift is None:  # each token stays with the chunk that owns its (interpolated) time
+            keep_left = [m for m in merged if _time(parts, m) < chunks[c - 1].own_stop]
+            merged = keep_left + [q for q in seq if _time(parts, q) >= chunks[c].own_start]
         else:
             overlap, mid = shift
             merged = merged[: len(merged) - overlap + mid] + seq[mid:]
@@ -482,13 +484,6 @@ def _time(parts, item) -> float:
     _, c, k, n = item
     seg = parts[c][k]
     return seg.start + (n + 0.5) / max(len(seg.tokens), 1) * (seg.end - seg.start)
-
-
-def _owns(parts, chunks, item, *, left: bool) -> bool:
-    _, c, k, _ = item
-    seg = parts[c][k]
-    middle = (seg.start + seg.end) / 2
-    return middle < chunks[c].own_stop if left else middle >= chunks[c].own_start
 
 
 def _best_overlap(left: list[int], right: list[int]) -> tuple[int, int] | None:

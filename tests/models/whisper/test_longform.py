@@ -148,10 +148,11 @@ def test_stitching_cuts_overlapping_chunks_where_they_agree():
     assert out[0].start == 0.0 and out[-1].end == 50.0
 
 
-def test_stitching_without_agreement_keeps_segments_by_their_middle():
+def test_stitching_without_agreement_keeps_tokens_by_their_time():
     rate = 100
     chunks = longform.plan_chunks([5000], rate=rate, chunk_s=30, stride_s=5)
-    left = [_seg(0.0, 10.0, [1, 2]), _seg(22.0, 29.0, [3, 4])]  # middle 25.5: not owned
-    right = [_seg(23.0, 30.0, [5, 6]), _seg(35.0, 40.0, [7])]  # middle 26.5: owned
+    left = [_seg(0.0, 10.0, [1, 2]), _seg(22.0, 29.0, [3, 4])]  # 3 at 23.75 s, 4 at 27.25 s
+    right = [_seg(21.0, 29.0, [5, 6]), _seg(35.0, 40.0, [7])]  # 5 at 23 s, 6 at 27 s
     out = longform.stitch([left, right], chunks, TB, text)
-    assert [s.tokens for s in out] == [(1, 2), (5, 6), (7,)]
+    assert [s.tokens for s in out] == [(1, 2), (3,), (6,), (7,)]
+    assert out[1].end == 25.0 and out[2].start == 25.0  # cut at the join
