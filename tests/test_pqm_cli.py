@@ -37,13 +37,30 @@ def test_transcribe_writes_what_the_api_transcribes(fsdd_root, tmp_path):
         [*map(str, clips), "--output_format", "all", "--output_dir", str(tmp_path)]
     )
     assert sorted(p.name for p in written) == sorted(
-        f"{c.stem}.{fmt}" for c in clips for fmt in ("txt", "json")
+        f"{c.stem}.{fmt}" for c in clips for fmt in ("txt", "srt", "vtt", "json")
     )
-    expected = api.load_model("tiny.en").transcribe([str(c) for c in clips])
-    for clip, text in zip(clips, expected, strict=True):
+    expected = api.load_model("tiny.en").transcribe_long(
+        [str(c) for c in clips],
+        temperatures=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),  # openai-whisper's CLI defaults
+        compression_ratio_threshold=2.4,
+        logprob_threshold=-1.0,
+        no_speech_threshold=0.6,
+    )
+    for clip, want in zip(clips, expected, strict=True):
         record = json.loads((tmp_path / f"{clip.stem}.json").read_text())
-        assert record["text"] == text and record["audio"] == str(clip)
-        assert (tmp_path / f"{clip.stem}.txt").read_text() == text + "\n"
+        assert record["text"] == want.text and record["audio"] == str(clip)
+        assert [s["text"] for s in record["segments"]] == [s.text for s in want.segments]
+        assert record["segments"][0]["start"] == want.segments[0].start
+        lines = "".join(s.text.strip() + "\n" for s in want.segments)
+        assert (tmp_path / f"{clip.stem}.txt").read_text() == lines
+        srt = (tmp_path / f"{clip.stem}.srt").read_text()
+        assert srt.startswith("1\n00:00:0") and " --> " in srt and want.segments[0].text in srt
+        assert (tmp_path / f"{clip.stem}.vtt").read_text().startswith("WEBVTT\n\n00:0")
+    short = pqm.transcribe(
+        [str(clips[0]), "--without_timestamps", "--output_dir", str(tmp_path / "s")]
+    )
+    plain = api.load_model("tiny.en").transcribe([str(clips[0])])[0]
+    assert short[0].read_text() == plain + "\n"
 
 
 def test_a_speaker_of_a_run_is_transcribed_and_exported(tiny_run, fsdd_root, tmp_path):
@@ -58,7 +75,15 @@ def test_a_speaker_of_a_run_is_transcribed_and_exported(tiny_run, fsdd_root, tmp
     lora = res.speaker_lora(speaker)
     record = json.loads(next(out.glob("*.json")).read_text())
     assert record["speaker"] == speaker
-    assert record["text"] == model.transcribe(clip, adapters=lora)[0]
+    want = model.transcribe_long(
+        clip,
+        adapters=lora,
+        temperatures=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+        compression_ratio_threshold=2.4,
+        logprob_threshold=-1.0,
+        no_speech_threshold=0.6,
+    )[0]
+    assert record["text"] == want.text
     with pytest.raises(SystemExit, match="is not in"):
         pqm.main(["pqm", "transcribe", clip, "--run", str(tiny_run), "--speaker", "nobody"])
 

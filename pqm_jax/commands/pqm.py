@@ -1,22 +1,26 @@
 """pqm: the command line of pqm-jax.
 
     pqm transcribe AUDIO... [--model tiny.en|base|PATH] [--quant nf4] [--run DIR --speaker NAME]
-                            [--beam_size N] [--output_format txt|json|all] [--output_dir DIR]
+                            [--beam_size N] [--output_format txt|srt|vtt|json|all]
+                            [--output_dir DIR] [--mode sequential|chunked] [--temperature T]
     pqm export --run DIR --speaker NAME --format peft --out DIR
     pqm train --config CONFIG.py --workdir DIR      (the same program as train.py)
     pqm evaluate --workdir DIR                      (the same program as evaluate.py)
 
 `transcribe` follows openai-whisper's and faster-whisper's command lines: one output file per
-audio file, named after it, in --output_dir. With --run and --speaker it decodes with that
-speaker's personalised model (the run's quantised base and the speaker's stage-3 adapters).
+audio file and format, named after it, in --output_dir; audio of any length is transcribed
+whole, with segment timestamps (`WhisperModel.transcribe_long`), and the temperature fallback
+has openai-whisper's defaults. With --run and --speaker it decodes with that speaker's
+personalised model (the run's quantised base and the speaker's stage-3 adapters).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
+
+from pqm_jax.text import subtitles
 
 COMMANDS = {
     "transcribe": "transcribe audio files (a pretrained model, or one speaker of a run)",
@@ -24,7 +28,7 @@ COMMANDS = {
     "train": "train PQM: the same program as train.py (--helpfull lists its flags)",
     "evaluate": "score a run: the same program as evaluate.py",
 }
-FORMATS = ("txt", "json")
+FORMATS = ("txt", "srt", "vtt", "json")
 EXPORTS = ("peft", "ct2", "hf")
 # Hugging Face ids recorded in exported adapters, by model name
 HF_IDS = {"tiny.en": "openai/whisper-tiny.en", "base": "openai/whisper-base"}
@@ -74,16 +78,68 @@ def _transcribe_parser() -> argparse.ArgumentParser:
     ap.add_argument("--run", help="a run folder (train.py --workdir): use its model")
     ap.add_argument("--speaker", help="with --run: decode with this speaker's adapters")
     ap.add_argument("--beam_size", type=int, default=1, help="1 = greedy (default: 1)")
-    ap.add_argument("--batch_size", type=int, default=8, help="files per decoding call")
+    ap.add_argument("--batch_size", type=int, default=8, help="windows per decoding call")
     ap.add_argument(
         "--output_format",
         default="txt",
         choices=(*FORMATS, "all"),
-        help="txt: the text; json: text, file, model and speaker (default: txt)",
+        help="txt: a line per segment; srt, vtt: subtitles; json: text, segments with times "
+        "and scores, file, model and speaker; all: every one (default: txt)",
+    )
+    ap.add_argument(
+        "--mode",
+        default="sequential",
+        choices=("sequential", "chunked"),
+        help="sequential: seek window by window on the timestamps (openai-whisper); chunked: "
+        "overlapping 30 s chunks decoded as one batch (transformers' pipeline; faster on "
+        "many cores, edges may differ) (default: sequential)",
+    )
+    ap.add_argument(
+        "--without_timestamps",
+        action="store_true",
+        help="decode one window per file without timestamps (audio past 30 s is cut)",
+    )
+    ap.add_argument("--temperature", type=float, default=0.0, help="first temperature (0)")
+    ap.add_argument(
+        "--temperature_increment_on_fallback",
+        type=_optional_float,
+        default=0.2,
+        help="temperature step of the fallback up to 1.0; None: no fallback (default: 0.2)",
+    )
+    ap.add_argument(
+        "--compression_ratio_threshold",
+        type=_optional_float,
+        default=2.4,
+        help="redecode a window whose gzip compression ratio is higher; None: never (2.4)",
+    )
+    ap.add_argument(
+        "--logprob_threshold",
+        type=_optional_float,
+        default=-1.0,
+        help="redecode a window whose average log-probability is lower; None: never (-1.0)",
+    )
+    ap.add_argument(
+        "--no_speech_threshold",
+        type=_optional_float,
+        default=0.6,
+        help="skip a window with a higher no-speech probability (and a low log-probability); "
+        "None: never (0.6)",
     )
     ap.add_argument("--output_dir", default=".", help="folder for the outputs (default: .)")
     ap.add_argument("--verbose", action="store_true", help="also print each transcript")
     return ap
+
+
+def _optional_float(value: str) -> float | None:
+    return None if value.lower() == "none" else float(value)
+
+
+def _temperatures(start: float, step: float | None) -> tuple[float, ...]:
+    """openai-whisper's fallback ladder: start, start + step, ... up to 1.0."""
+    if step is None or step <= 0:
+        return (start,)
+    n = round((1.0 - start) / step)
+    return tuple(round(start + i * step, 6) for i in range(n + 1)) if n > 0 else (start,)
 
 
 def _model_of_run(run_dir: str, speaker: str | None):
@@ -123,24 +179,47 @@ def transcribe(argv: list[str]) -> list[pathlib.Path]:
     else:
         model = api.load_model(args.model, quant=None if args.quant == "none" else args.quant)
         adapters, source = None, args.model
-    texts = model.transcribe(
-        args.audio, beam_size=args.beam_size, batch_size=args.batch_size, adapters=adapters
-    )
+    if args.without_timestamps:
+        texts = model.transcribe(
+            args.audio, beam_size=args.beam_size, batch_size=args.batch_size, adapters=adapters
+        )
+        found = [(t, []) for t in texts]
+    else:
+        long = model.transcribe_long(
+            args.audio,
+            mode=args.mode,
+            beam_size=args.beam_size,
+            batch_size=args.batch_size,
+            adapters=adapters,
+            temperatures=_temperatures(args.temperature, args.temperature_increment_on_fallback),
+            compression_ratio_threshold=args.compression_ratio_threshold,
+            logprob_threshold=args.logprob_threshold,
+            no_speech_threshold=args.no_speech_threshold,
+        )
+        found = [(t.text, list(t.segments)) for t in long]
     out_dir = pathlib.Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     formats = FORMATS if args.output_format == "all" else (args.output_format,)
     written = []
-    for path, text in zip(args.audio, texts, strict=True):
+    for path, (text, segments) in zip(args.audio, found, strict=True):
         stem = out_dir / pathlib.Path(path).stem
-        record = {"audio": str(path), "text": text, "model": source, "speaker": args.speaker}
+        extra = {"audio": str(path), "model": source, "speaker": args.speaker}
         for fmt in formats:
+            if fmt in ("srt", "vtt") and args.without_timestamps:
+                sys.exit(f"pqm transcribe: --output_format {fmt} needs timestamps")
             target = stem.with_suffix("." + fmt)
-            body = text + "\n" if fmt == "txt" else json.dumps(record, indent=1) + "\n"
+            body = subtitles.render(fmt, segments, text=text, extra=extra)
             target.write_text(body, encoding="utf-8")
             written.append(target)
         if args.verbose:
-            print(f"{path}: {text}")
-    print(f"pqm transcribe: {len(texts)} file(s) -> {out_dir} ({', '.join(formats)})")
+            for seg in segments:
+                print(
+                    f"[{subtitles.timestamp(seg.start)} --> {subtitles.timestamp(seg.end)}] "
+                    f"{seg.text}"
+                )
+            if not segments:
+                print(f"{path}: {text}")
+    print(f"pqm transcribe: {len(found)} file(s) -> {out_dir} ({', '.join(formats)})")
     return written
 
 
