@@ -12,6 +12,8 @@ window, as Whisper decodes; longer audio is truncated to its first 30 s with a w
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import os
 import pathlib
 import warnings
@@ -27,7 +29,7 @@ from pqm_jax import lora as lora_lib
 from pqm_jax import models
 from pqm_jax.data import audio as audio_lib
 from pqm_jax.data import features
-from pqm_jax.models.whisper import decoding, hf, longform
+from pqm_jax.models.whisper import alignment, decoding, hf, longform
 from pqm_jax.models.whisper import family as whisper_family
 from pqm_jax.models.whisper import model as whisper
 from pqm_jax.quant import base
@@ -91,6 +93,7 @@ class WhisperModel:
     tokenizer: text.Tokenizer
     dtype: str = "float32"
     source: str = ""
+    alignment_heads: tuple[tuple[int, int], ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -245,6 +248,7 @@ class WhisperModel:
         chunk_s: float | None = None,
         stride_s: float = 5.0,
         seed: int = 0,
+        word_timestamps: bool = False,
         progress: bool | None = None,
         **decode_kwargs: Any,
     ) -> list[longform.Transcript]:
@@ -263,6 +267,9 @@ class WhisperModel:
           chunk_s, stride_s: chunked mode: chunk length (default: the model's window) and the
             overlap with each neighbour.
           seed: sampling key of the fallback.
+          word_timestamps: also time each word (`alignment`, sequential mode): the model's
+            `alignment_heads` (from its config; else every head of the last half of the
+            decoder layers, openai-whisper's default).
           progress: tqdm bar over the audio (default: more than one window of audio).
 
         Returns:
@@ -303,6 +310,8 @@ class WhisperModel:
         total = sum(len(c) for c in clips) // features.HOP
         show = (total > window) if progress is None else progress
         if mode == "chunked":
+            if word_timestamps:
+                raise ValueError("word_timestamps needs mode='sequential'")
             return longform.chunked(
                 decode,
                 clips,
@@ -330,10 +339,54 @@ class WhisperModel:
                 tok_text=self.tokenizer.decode,
                 progress=bar.update if bar is not None else None,
                 window=window,
+                align=self._aligner(bank, rows, adapters, language) if word_timestamps else None,
+                piece=self.tokenizer.piece,
             )
         finally:
             if bar is not None:
                 bar.close()
+
+    def heads_for_alignment(self) -> tuple[tuple[int, int], ...]:
+        """(layer, head) pairs whose cross-attention times words."""
+        if self.alignment_heads:
+            return self.alignment_heads
+        c = self.config
+        return tuple(
+            (layer, head)
+            for layer in range(c.decoder_layers // 2, c.decoder_layers)
+            for head in range(c.decoder_heads)
+        )
+
+    def _aligner(self, bank, rows, adapters, language) -> longform.Align:
+        """align(window, file, text ids, frames) -> token start times, one jitted pass a call."""
+        tok = self.tokenizer
+        prompt = list(tok.prompt(language if tok.multilingual else None))  # <|notimestamps|>
+        heads = np.asarray(self.heads_for_alignment())
+
+        def align(mel, file, ids, frames):
+            seq = prompt + list(ids) + [tok.special.eot]
+            size = min(-(-len(seq) // 32) * 32, self.config.max_target_positions)
+            if len(seq) > size:
+                raise ValueError(f"{len(ids)} text tokens do not fit the decoder's positions")
+            padded = np.full((1, size), tok.special.eot, np.int32)
+            padded[0, : len(seq)] = seq
+            lora = _batch_lora(bank, rows, adapters, [file]) if bank is not None else adapters
+            weights = np.asarray(
+                _cross_attention_jit(
+                    self.params, mel[None], jnp.asarray(padded), lora, config=self.config
+                )
+            )  # [L, 1, H, T, S]
+            picked = weights[heads[:, 0], 0, heads[:, 1]]  # [A, T, S]
+            picked = picked[:, len(prompt) - 1 : len(seq) - 1]  # rows predicting ids and eot
+            return alignment.token_starts(picked, frames)
+
+        return align
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _cross_attention_jit(params, mel, tokens, lora, *, config):
+    enc = whisper.encode(params, mel, config=config, lora=lora)
+    return whisper.cross_attention(params, tokens, enc, config=config, lora=lora)
 
 
 def _batch_lora(bank: Any, rows: list, adapters: Any, who: list[int]) -> Any:
@@ -534,4 +587,26 @@ def load_model(
         tokenizer=tokenizer,
         dtype=dtype,
         source=os.fspath(name_or_path),
+        alignment_heads=_alignment_heads(name_or_path),
     )
+
+
+def _alignment_heads(name_or_path: str | os.PathLike) -> tuple[tuple[int, int], ...]:
+    """(layer, head) pairs from the model folder's config ("alignment_heads" of a CTranslate2
+    config.json or of a Hugging Face generation_config.json); () when it names none."""
+    from pqm_jax import resources
+
+    name = os.fspath(name_or_path)
+    try:
+        folder = {"tiny.en": resources.tiny_en_dir, "base": resources.base_dir}[name]()
+    except KeyError:
+        folder = pathlib.Path(name)
+    except FileNotFoundError:
+        return ()
+    for file in ("config.json", "generation_config.json"):
+        path = pathlib.Path(folder) / file
+        if path.is_file():
+            heads = json.loads(path.read_text()).get("alignment_heads")
+            if heads:
+                return tuple((int(a), int(b)) for a, b in heads)
+    return ()

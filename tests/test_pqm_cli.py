@@ -56,6 +56,10 @@ def test_transcribe_writes_what_the_api_transcribes(fsdd_root, tmp_path):
         srt = (tmp_path / f"{clip.stem}.srt").read_text()
         assert srt.startswith("1\n00:00:0") and " --> " in srt and want.segments[0].text in srt
         assert (tmp_path / f"{clip.stem}.vtt").read_text().startswith("WEBVTT\n\n00:0")
+    timed = pqm.transcribe([str(clips[0]), "--word_timestamps", "--output_format", "json",
+                            "--output_dir", str(tmp_path / "w")])  # fmt: skip
+    record = json.loads(timed[0].read_text())
+    assert record["segments"][0]["words"] and "start" in record["segments"][0]["words"][0]
     short = pqm.transcribe(
         [str(clips[0]), "--without_timestamps", "--output_dir", str(tmp_path / "s")]
     )

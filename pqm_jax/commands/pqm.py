@@ -2,8 +2,9 @@
 
     pqm transcribe AUDIO... [--model tiny.en|base|PATH] [--quant nf4] [--run DIR --speaker NAME]
                             [--beam_size N] [--output_format txt|srt|vtt|json|all]
-                            [--output_dir DIR] [--mode sequential|chunked] [--temperature T]
-    pqm export --run DIR --speaker NAME --format peft --out DIR
+                            [--output_dir DIR] [--mode sequential|chunked] [--word_timestamps]
+                            [--temperature T] [--compression_ratio_threshold X] ...
+    pqm export --run DIR --speaker NAME --format peft|ct2|hf --out DIR
     pqm train --config CONFIG.py --workdir DIR      (the same program as train.py)
     pqm evaluate --workdir DIR                      (the same program as evaluate.py)
 
@@ -98,6 +99,11 @@ def _transcribe_parser() -> argparse.ArgumentParser:
         "--without_timestamps",
         action="store_true",
         help="decode one window per file without timestamps (audio past 30 s is cut)",
+    )
+    ap.add_argument(
+        "--word_timestamps",
+        action="store_true",
+        help="time each word from cross-attention (json gains segments[].words; sequential)",
     )
     ap.add_argument("--temperature", type=float, default=0.0, help="first temperature (0)")
     ap.add_argument(
@@ -195,6 +201,7 @@ def transcribe(argv: list[str]) -> list[pathlib.Path]:
             compression_ratio_threshold=args.compression_ratio_threshold,
             logprob_threshold=args.logprob_threshold,
             no_speech_threshold=args.no_speech_threshold,
+            word_timestamps=args.word_timestamps,
         )
         found = [(t.text, list(t.segments)) for t in long]
     out_dir = pathlib.Path(args.output_dir)

@@ -64,6 +64,8 @@ def as_json(segments: Sequence[Any], *, text: str, extra: Mapping[str, Any] | No
             if hasattr(s, name):
                 value = getattr(s, name)
                 row[name] = list(value) if name == "tokens" else value
+        if getattr(s, "words", ()):
+            row["words"] = [{"start": w.start, "end": w.end, "word": w.word} for w in s.words]
         rows.append(row)
     return json.dumps({"text": text, "segments": rows, **(extra or {})}, indent=1) + "\n"
 

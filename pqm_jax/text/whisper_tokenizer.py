@@ -68,6 +68,10 @@ class Tokenizer:
         text_ids = [int(i) for i in ids if int(i) < self.special.eot]
         return self.backend.decode(text_ids, skip_special_tokens=False).strip()
 
+    def piece(self, token: int) -> str:
+        """One token's text as it sits in a transcript, leading space kept (" Hello")."""
+        return self.backend.decode([int(token)], skip_special_tokens=False)
+
     def prompt(
         self, language: str | None = "en", task: str = "transcribe", timestamps: bool = False
     ) -> list[int]:

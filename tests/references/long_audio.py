@@ -25,10 +25,11 @@ def phrases(
     seed: int = 0,
     pause_s: tuple[float, float] = (1.5, 2.5),
 ):
-    """(audio [samples] float32, reference words, pauses [(start_s, end_s)]) of about `seconds`."""
+    """(audio [samples] float32, reference words, pauses [(start_s, end_s)], word spans
+    [(start_s, end_s)] of each spoken digit) of about `seconds`."""
     recs = [r for r in fsdd.list_recordings(root) if r.speaker == speaker]
     rng = np.random.default_rng(seed)
-    parts, words, pauses, t = [], [], [], 0.0
+    parts, words, pauses, spans, t = [], [], [], [], 0.0
     lead = np.zeros(round(0.5 * RATE), np.float32)
     parts.append(lead)
     pauses.append((0.0, 0.5))
@@ -42,13 +43,14 @@ def phrases(
                 parts.append(np.zeros(round(0.15 * RATE), np.float32))
                 t += 0.15
             parts.append(clip)
+            spans.append((t, t + len(clip) / RATE))
             t += len(clip) / RATE
             words.append(transcripts.DIGIT_WORDS[r.digit])
         gap = float(rng.uniform(*pause_s))
         parts.append(np.zeros(round(gap * RATE), np.float32))
         pauses.append((t, t + gap))
         t += gap
-    return np.concatenate(parts), words, pauses
+    return np.concatenate(parts), words, pauses, spans
 
 
 def distance_to_pause(time_s: float, pauses) -> float:

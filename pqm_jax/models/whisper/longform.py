@@ -26,12 +26,14 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from pqm_jax.models.whisper import decoding
+from pqm_jax.models.whisper import alignment, decoding
 
 WINDOW = 3000  # mel frames of one 30 s window
 FRAME_S = 0.01  # one mel frame (hop 160 at 16 kHz)
 STAMP_S = 0.02  # one timestamp step (the encoder halves the frames)
 Decode = Callable[[np.ndarray, Sequence[int], decoding.DecodeOptions, jax.Array], decoding.Result]
+# align(window [n_mels, W], file index, text ids, real frames) -> [len(ids) + 1] token starts (s)
+Align = Callable[[np.ndarray, int, list[int], int], np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Segment:
       tokens: the segment's ids, timestamp tokens included.
       text: its text.
       avg_logprob, compression_ratio, no_speech_prob, temperature: of the window it came from.
+      words: word timestamps (`alignment.Word`), when asked for.
     """
 
     start: float
@@ -82,6 +85,7 @@ class Segment:
     compression_ratio: float = 0.0
     no_speech_prob: float = 0.0
     temperature: float = 0.0
+    words: tuple[alignment.Word, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,6 +248,39 @@ def _segments(window: _Window, spans, tok_text) -> list[Segment]:
     ]
 
 
+def with_words(
+    segments: list[Segment],
+    *,
+    align: Align,
+    window: np.ndarray,
+    file: int,
+    frames: int,
+    offset_s: float,
+    timestamp_begin: int,
+    piece: Callable[[int], str],
+) -> list[Segment]:
+    """`segments` of one window with word timestamps: one alignment pass over all their text
+    tokens (openai-whisper's `add_word_timestamps`), words handed back to their segments."""
+    texts = [[t for t in s.tokens if t < timestamp_begin] for s in segments]
+    flat = [t for ids in texts for t in ids]
+    if not flat:
+        return segments
+    starts = np.asarray(align(window, file, flat, frames))
+    out, k = [], 0
+    for seg, ids in zip(segments, texts, strict=True):
+        if not ids:
+            out.append(seg)
+            continue
+        found = alignment.words(
+            ids, starts[k : k + len(ids) + 1], piece=piece, offset_s=offset_s, end_s=seg.end
+        )
+        # a word cannot start before its segment (the attention may look a little early)
+        found = [dataclasses.replace(w, start=max(w.start, seg.start)) for w in found]
+        out.append(dataclasses.replace(seg, words=tuple(found)))
+        k += len(ids)
+    return out
+
+
 def _window_at(mel: np.ndarray, start: int, window: int) -> tuple[np.ndarray, int]:
     """[n_mels, window] from frame `start` (zero-padded past the end, as transformers does)
     and the number of real frames in it."""
@@ -263,6 +300,8 @@ def sequential(
     tok_text: Callable[[list[int]], str],
     progress: Callable[[int], None] | None = None,
     window: int = WINDOW,
+    align: Align | None = None,
+    piece: Callable[[int], str] | None = None,
 ) -> list[Transcript]:
     """Seek-and-decode over whole files (see the module docstring).
 
@@ -275,6 +314,7 @@ def sequential(
       tok_text: ids -> text (timestamps and specials skipped).
       progress: called with the frames each step advanced (for a progress bar).
       window: mel frames the model reads (3000; fewer for a run trained on shorter windows).
+      align, piece: word timestamps (`with_words`): the aligner and id -> raw token text.
 
     Returns:
       one `Transcript` per file.
@@ -310,7 +350,19 @@ def sequential(
                     offset_s=seek[i] * FRAME_S,
                     frames=frames,
                 )
-                found[i] += _segments(w, spans, tok_text)
+                segs = _segments(w, spans, tok_text)
+                if align is not None:
+                    segs = with_words(
+                        segs,
+                        align=align,
+                        window=cut[active.index(i)][0],
+                        file=i,
+                        frames=frames,
+                        offset_s=seek[i] * FRAME_S,
+                        timestamp_begin=base.timestamp_begin,
+                        piece=piece,
+                    )
+                found[i] += segs
                 seek[i] += max(advance, 1)  # a window that cannot advance would loop forever
             if progress is not None:
                 progress(min(seek[i], mels[i].shape[1]) - before)

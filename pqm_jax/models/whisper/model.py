@@ -219,8 +219,10 @@ def _decoder(
     dtype: Any,
     dropout_rng: jax.Array | None,
     dropout_rate: float,
+    collect: list | None = None,
 ) -> tuple[jax.Array, KVCache | None]:
-    """Decoder stack on `tokens` [B, T]; with a cache, they sit at positions cache.index + t."""
+    """Decoder stack on `tokens` [B, T]; with a cache, they sit at positions cache.index + t.
+    `collect` (a list) receives each layer's cross-attention weights [B, H, T, S]."""
     p, lo = params["decoder"], lora_lib.sub(lora, "decoder")
     t = tokens.shape[1]
     start = jnp.zeros((), jnp.int32) if cache is None else cache.index
@@ -251,6 +253,9 @@ def _decoder(
         h = attn.layer_norm(lp["encoder_attn_layer_norm"], x)
         a, la, ra = lp["encoder_attn"], lora_lib.sub(ll, "encoder_attn"), attn.fold(rng, "x")
         q = attn.query(a, h, la, ra, heads=heads)
+        if collect is not None:
+            s = jnp.einsum("bhqc,bhkc->bhqk", attn.to_heads(q, heads), cross.k[i].astype(dtype))
+            collect.append(jax.nn.softmax(s.astype(jnp.float32), axis=-1))
         o = _cross_attend(q, cross.k[i].astype(dtype), cross.v[i].astype(dtype))
         x = x + attn.dropout(attn.output(a, o, la, ra), dropout_rate, attn.fold(rng, "res2"))
         # MLP.
@@ -300,6 +305,34 @@ def decode(
         dropout_rate=dropout_rate,
     )
     return logits
+
+
+def cross_attention(
+    params: dict,
+    tokens: jax.Array,
+    encoder_out: jax.Array,
+    *,
+    config: WhisperConfig,
+    lora: Any = None,
+    dtype: Any = jnp.float32,
+) -> jax.Array:
+    """Teacher-forced cross-attention weights of every decoder layer and head (for word
+    timestamps): tokens [B, T], encoder_out [B, S, d] -> [layers, B, heads, T, S] float32."""
+    cross = cross_kv(params, encoder_out.astype(dtype), config=config, lora=lora)
+    found: list = []
+    _decoder(
+        params,
+        tokens,
+        cross,
+        None,
+        config=config,
+        lora=lora,
+        dtype=dtype,
+        dropout_rng=None,
+        dropout_rate=0.0,
+        collect=found,
+    )
+    return jnp.stack(found)
 
 
 def decode_step(
