@@ -235,7 +235,9 @@ def _start(params, mel, lora, config, opts, dtype):
     return params, cross, cache, logits[:, -1], no_speech
 
 
-def _greedy(params, mel, lora, config: whisper.WhisperConfig, opts: DecodeOptions, key) -> Result:
+def _greedy(
+    params, mel, lora, config: whisper.WhisperConfig, opts: DecodeOptions, key, temperature
+) -> Result:
     dtype = jnp.dtype(opts.dtype)
     params, cross, cache, logits, no_speech = _start(params, mel, lora, config, opts, dtype)
     batch, steps = mel.shape[0], opts.new_tokens(config)
@@ -248,7 +250,7 @@ def _greedy(params, mel, lora, config: whisper.WhisperConfig, opts: DecodeOption
         t = s["t"]
         logp = _logprobs(s["logits"], s["hist"], t, opts)
         if opts.temperature > 0:
-            pick = jax.random.categorical(jax.random.fold_in(key, t), logp / opts.temperature)
+            pick = jax.random.categorical(jax.random.fold_in(key, t), logp / temperature)
         else:
             pick = jnp.argmax(logp, axis=-1)
         tok = jnp.where(s["done"], opts.eot, pick.astype(jnp.int32))
@@ -379,9 +381,9 @@ def _beam(params, mel, lora, config: whisper.WhisperConfig, opts: DecodeOptions)
     return Result(tokens=tokens, lengths=lengths, scores=pool["raw"][:, 0], no_speech=no_speech)
 
 
-def _generate(params, mel, lora, key, config, options):
+def _generate(params, mel, lora, key, temperature, config, options):
     if options.beam_size == 1:
-        return _greedy(params, mel, lora, config, options, key)
+        return _greedy(params, mel, lora, config, options, key, temperature)
     return _beam(params, mel, lora, config, options)
 
 
@@ -415,7 +417,12 @@ def generate(
         raise ValueError("sampling (temperature > 0) needs a PRNG key: generate(..., key=...)")
     if key is None:
         key = jax.random.key(0)  # unused by argmax decoding; one argument shape for the cache
-    return _generate_jit(params, jnp.asarray(mel), lora, key, config=config, options=options)
+    # Every temperature > 0 shares one compilation: the value is an argument, not an option.
+    temperature = jnp.float32(max(options.temperature, 1e-6))
+    static = dataclasses.replace(options, temperature=1.0 if options.temperature > 0 else 0.0)
+    return _generate_jit(
+        params, jnp.asarray(mel), lora, key, temperature, config=config, options=static
+    )
 
 
 def greedy(
