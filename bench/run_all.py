@@ -61,6 +61,12 @@ SECTIONS = {
         "--speakers 1000,10000 --budget_mb 512",
         "--speakers 20,60 --budget_mb 512",
     ),
+    "longform": (
+        "Long-form transcription against transformers (generate, pipeline) and CTranslate2",
+        "bench/bench_longform.py",
+        "--files 2 --seconds 60 --repeats 2",
+        "--files 1 --seconds 40 --repeats 1 --engines jax-seq,hf-seq",
+    ),
     "adapt_limit": (
         "Adaptation step against the machine's matmul rate; NF4 against float32",
         "bench/bench_adapt_limit.py",
