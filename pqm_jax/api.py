@@ -221,8 +221,12 @@ class WhisperModel:
         """`DecodeOptions` for decoding with timestamp tokens (long-form audio)."""
         tok = self.tokenizer
         base = self.decode_options(beam_size=beam_size, language=language, **kwargs)
+        tb, last = tok.special.timestamp_begin, self.config.n_frames // 2
+        # A model cut to a shorter window (a run's) cannot place anything past its end.
+        beyond = tuple(range(tb + last + 1, tb + 1501)) if last < 1500 else ()
         return dataclasses.replace(
             base,
+            suppress=base.suppress + beyond,
             prompt=tuple(tok.prompt(language if tok.multilingual else None, timestamps=True)),
             timestamp_begin=tok.special.timestamp_begin,
             max_initial_timestamp=max_initial_timestamp,

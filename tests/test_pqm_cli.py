@@ -90,6 +90,10 @@ def test_a_speaker_of_a_run_is_transcribed_and_exported(tiny_run, fsdd_root, tmp
     assert record["text"] == want.text
     with pytest.raises(SystemExit, match="is not in"):
         pqm.main(["pqm", "transcribe", clip, "--run", str(tiny_run), "--speaker", "nobody"])
+    # the run's model reads 2 s windows: no timestamp past 2.00 s can be written
+    opts, tb = model.timestamp_options(), model.tokenizer.special.timestamp_begin
+    assert tb + 100 not in opts.suppress and {tb + 101, tb + 1500} <= set(opts.suppress)
+    assert all(s.end <= 2.0 + 1e-6 for s in want.segments)
 
     folder = tmp_path / "peft"
     pqm.main(["pqm", "export", "--run", str(tiny_run), "--speaker", speaker, "--out", str(folder)])
