@@ -92,8 +92,8 @@ def _transcribe_parser() -> argparse.ArgumentParser:
         default="sequential",
         choices=("sequential", "chunked"),
         help="sequential: seek window by window on the timestamps (openai-whisper); chunked: "
-        "overlapping 30 s chunks decoded as one batch (transformers' pipeline; faster on "
-        "many cores, edges may differ) (default: sequential)",
+        "overlapping 30 s chunks decoded as one batch (transformers' pipeline; words at "
+        "chunk edges may differ) (default: sequential)",
     )
     ap.add_argument(
         "--without_timestamps",

@@ -62,21 +62,20 @@ def build(spec: spec_lib.DataSpec, data_dir: pathlib.Path, *, report: issues.Inp
 
 
 def check_no_leak(corpus: Corpus) -> None:
-    """Raises ValueError when a target speaker's audio file is also in the stage-2 pool (which
-    pretraining and stage 2 see), or when one file serves two target speakers."""
-    owner: dict[str, str] = {}
+    """Raises ValueError when a target speaker's audio (a file, or the same span of one: several
+    speakers may share a recording) is also in the stage-2 pool, which pretraining and stage 2
+    see, or when one span serves two target speakers."""
+    owner: dict[corpora.Segment, str] = {}
     for speaker, split in corpus.targets.items():
         for entry in (*split.adapt, *split.dev, *split.test):
             for seg in entry.segments:
-                if owner.setdefault(seg.path, speaker) != speaker:
-                    raise ValueError(
-                        f"{seg.path} belongs to targets {owner[seg.path]} and {speaker}"
-                    )
+                if owner.setdefault(seg, speaker) != speaker:
+                    raise ValueError(f"{seg.path} belongs to targets {owner[seg]} and {speaker}")
     for entry in (*corpus.si_train, *corpus.si_dev):
         for seg in entry.segments:
-            if seg.path in owner:
+            if seg in owner:
                 raise ValueError(
-                    f"{seg.path} of target speaker {owner[seg.path]} is in the stage-2 pool "
+                    f"{seg.path} of target speaker {owner[seg]} is in the stage-2 pool "
                     f"({entry.utt_id}): a target's audio must not be seen before its stage 3"
                 )
 

@@ -63,3 +63,17 @@ def test_an_unknown_speaker_is_named(fsdd_root, tmp_path):
     spec = _fold(0, root=str(fsdd_root), speakers=("george", "nobody"))
     with pytest.raises(config_lib.ConfigError, match=r"nobody.*found: george"):
         corpus.build(spec, tmp_path, report=issues.InputReport())
+
+
+def test_speakers_sharing_one_recording_in_different_spans_are_no_leak():
+    from pqm_jax.data import corpora, speakers
+
+    def entry(uid, speaker, start, end):
+        return corpora.Entry(uid, speaker, "hi", (corpora.Segment("/talk.wav", start, end),))
+
+    split = speakers.Split(adapt=(entry("a1", "ann", 0.0, 1.0),), dev=(), test=())
+    ok = corpus.Corpus(targets={"ann": split}, si_train=(entry("b1", "bob", 1.0, 2.0),))
+    corpus.check_no_leak(ok)
+    bad = dataclasses.replace(ok, si_train=(entry("b2", "bob", 0.0, 1.0),))
+    with pytest.raises(ValueError, match="ann is in the stage-2 pool"):
+        corpus.check_no_leak(bad)

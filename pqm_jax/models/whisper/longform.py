@@ -10,7 +10,7 @@ temperature; a window the model calls silent (no-speech probability) is skipped.
 `chunked` is whisper-jax's and transformers' pipeline approach: cut the audio into 30 s chunks
 overlapping by `stride_s` on each side, decode all chunks as batches at once, and keep each
 segment from the chunk that owns its middle (a chunk owns its span minus the strides it shares).
-Faster on a batch machine; segment edges near chunk borders may differ from `sequential`.
+Segment edges near chunk borders may differ from `sequential` (on a 2-core CPU it was not faster).
 
 Both take a `decode(mel, rows, options, key) -> decoding.Result` callable (jitted Whisper with
 its adapters; `rows` says which file each window is from) and 16 kHz log-mel of the whole audio.
