@@ -112,11 +112,14 @@ class Family:
         rng: Any,
         ctc_weight: float,
         spec_augment: bool,
+        freq_warp: float = 0.0,
     ) -> dict[str, Any]:
         """Sums over the batch's weighted target tokens (float32 scalars, jittable).
 
         `batch` holds mel [B, n_mels, frames], inputs/targets/weights [B, T] (see
-        `pqm_jax.train.steps`). Returns {"loss_sum", "correct", "tokens"}.
+        `pqm_jax.train.steps`). `spec_augment` and `freq_warp` (training augmentations of the
+        features) are ignored by families without them. Returns {"loss_sum", "correct",
+        "tokens"}.
         """
         raise NotImplementedError
 

@@ -38,6 +38,8 @@ class PretrainSpec:
       steps: updates; batch_size, eval_batch_size, eval_every, ckpt_every: as in stage 2.
       dropout: dropout of the backbone while pretraining.
       spec_augment: SpecAugment (2 frequency and 2 time masks) on the training batches.
+      freq_warp: mel-axis warping of the training batches by a factor drawn per utterance from
+        1 +- freq_warp (a vocal-tract-length perturbation on the features; 0 = off).
       optim: optimiser (ESPnet style: Adam with warm-up, then decay).
     """
 
@@ -48,6 +50,7 @@ class PretrainSpec:
     ckpt_every: int = 100
     dropout: float = 0.1
     spec_augment: bool = True
+    freq_warp: float = 0.0
     optim: optim.OptimConfig = dataclasses.field(
         default_factory=lambda: optim.OptimConfig(
             name="adamw",

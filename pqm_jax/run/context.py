@@ -121,4 +121,5 @@ def step_config(config: config_lib.RunConfig, model: Any, *, pretraining: bool) 
         trainable="backbone",
         ctc_weight=spec.ctc_weight,
         spec_augment=config.pretrain.spec_augment,
+        freq_warp=config.pretrain.freq_warp,
     )

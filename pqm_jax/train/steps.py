@@ -44,6 +44,8 @@ class StepConfig:
         CTC head ignore it).
       spec_augment: SpecAugment the features when a dropout key is given (families that
         support it).
+      freq_warp: warp each training utterance's mel axis by a factor drawn from
+        1 +- freq_warp when a dropout key is given (0 = off; families that support it).
     """
 
     model: Any
@@ -52,6 +54,7 @@ class StepConfig:
     trainable: str = "lora"
     ctc_weight: float = 0.3
     spec_augment: bool = False
+    freq_warp: float = 0.0
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -87,6 +90,7 @@ def token_stats(
         rng=rng,
         ctc_weight=config.ctc_weight,
         spec_augment=config.spec_augment,
+        freq_warp=config.freq_warp,
     )
 
 

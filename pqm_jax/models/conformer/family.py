@@ -137,7 +137,18 @@ class ConformerFamily(family_lib.Family):
         save(folder, params, config, tokenizer.vocab, info)
 
     def token_stats(
-        self, params, lora, batch, *, model, dtype, dropout, rng, ctc_weight, spec_augment
+        self,
+        params,
+        lora,
+        batch,
+        *,
+        model,
+        dtype,
+        dropout,
+        rng,
+        ctc_weight,
+        spec_augment,
+        freq_warp=0.0,
     ):
         return loss.token_stats(
             params,
@@ -149,6 +160,7 @@ class ConformerFamily(family_lib.Family):
             rng=rng,
             ctc_weight=ctc_weight,
             spec_augment=spec_augment,
+            freq_warp=freq_warp,
         )
 
     def decode_options(

@@ -50,3 +50,25 @@ def spec_augment(
     tmask = _masks(kt, lens, time_masks, tw, t)  # [B, T]
     masked = fmask[:, None, :] | tmask[:, :, None]
     return jnp.where(masked, jnp.zeros((), feats.dtype), feats)
+
+
+def freq_warp(feats: jax.Array, *, key: jax.Array, max_warp: float = 0.1) -> jax.Array:
+    """Warps each utterance's frequency axis by a factor a drawn from U(1 - max_warp,
+    1 + max_warp): bin j takes the value at bin j / a (linear interpolation, the top bin
+    repeated past the edge), so a > 1 moves formants up, as a shorter vocal tract does (VTLP on
+    the mel axis). Jittable; the key decides everything.
+
+    Args:
+      feats: [B, T, F].
+
+    Returns:
+      [B, T, F] warped features.
+    """
+    b, _, f = feats.shape
+    a = 1.0 + jax.random.uniform(key, (b,), minval=-max_warp, maxval=max_warp)
+    src = jnp.clip(jnp.arange(f, dtype=jnp.float32)[None, :] / a[:, None], 0.0, f - 1.0)
+    lo = jnp.floor(src).astype(jnp.int32)
+    hi = jnp.minimum(lo + 1, f - 1)
+    frac = (src - lo).astype(feats.dtype)[:, None, :]
+    take = lambda idx: jnp.take_along_axis(feats, jnp.broadcast_to(idx[:, None, :], feats.shape), 2)
+    return take(lo) * (1 - frac) + take(hi) * frac

@@ -41,12 +41,18 @@ def token_stats(
     rng: jax.Array | None = None,
     ctc_weight: float = 0.3,
     spec_augment: bool = False,
+    freq_warp: float = 0.0,
 ) -> dict[str, jax.Array]:
     """The Conformer's `Family.token_stats`: {"loss_sum": joint loss summed over utterances,
-    "correct": attention-decoder argmax hits on weighted targets, "tokens": weight sum}."""
+    "correct": attention-decoder argmax hits on weighted targets, "tokens": weight sum}. With a
+    key, `freq_warp` > 0 warps each utterance's mel axis, then `spec_augment` masks."""
     base = params
     dtype = jnp.dtype(dtype)
     feats, lens = features(batch["mel"])
+    if freq_warp > 0.0 and rng is not None:
+        feats = conformer_inputs.freq_warp(
+            feats, key=attn.fold(rng, "freq_warp"), max_warp=freq_warp
+        )
     if spec_augment and rng is not None:
         feats = conformer_inputs.spec_augment(
             feats,

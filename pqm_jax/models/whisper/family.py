@@ -179,9 +179,20 @@ class WhisperFamily(family_lib.Family):
         return config.max_source_positions / FULL_POSITIONS_PER_S
 
     def token_stats(
-        self, params, lora, batch, *, model, dtype, dropout, rng, ctc_weight, spec_augment
+        self,
+        params,
+        lora,
+        batch,
+        *,
+        model,
+        dtype,
+        dropout,
+        rng,
+        ctc_weight,
+        spec_augment,
+        freq_warp=0.0,
     ):
-        del ctc_weight, spec_augment  # not Whisper's
+        del ctc_weight, spec_augment, freq_warp  # not Whisper's
         kw = dict(config=model, lora=lora, dtype=jnp.dtype(dtype))
         kw |= dict(dropout_rng=rng, dropout_rate=dropout)
         enc = whisper.encode(params, batch["mel"], **kw)

@@ -58,3 +58,30 @@ def test_the_family_checks_its_spec():
         models.ModelSpec(name="conformer", d_model=30, heads=4)
     assert models.ModelSpec(name="conformer").family.trains_from_scratch(SPEC)
     assert not models.get("conformer").full_window_s(None)
+
+
+def test_pretraining_steps_warp_the_features_only_when_configured():
+    from pqm_jax.run import config as config_lib
+    from pqm_jax.run import context
+
+    family, params, cfg, tok = _model()
+    config = config_lib.defaults()
+    config.pretrain.freq_warp = 0.2
+    step = context.step_config(config, cfg, pretraining=True)
+    assert step.freq_warp == 0.2
+    assert context.step_config(config, cfg, pretraining=False).freq_warp == 0.0
+    rng = np.random.default_rng(0)
+    ids = tok.encode("one two")
+    batch = {
+        "mel": rng.normal(size=(2, 80, 40)).astype(np.float32),
+        "inputs": np.array([[cfg.sos, *ids]] * 2),
+        "targets": np.array([[*ids, cfg.eos]] * 2),
+        "weights": np.ones((2, len(ids) + 1), np.float32),
+    }
+    kw = dict(model=cfg, dtype="float32", dropout=0.0, ctc_weight=0.3, spec_augment=False)
+    key = jax.random.key(3)
+    plain = family.token_stats(params, None, batch, rng=key, **kw)["loss_sum"]
+    warped = family.token_stats(params, None, batch, rng=key, freq_warp=0.2, **kw)["loss_sum"]
+    no_key = family.token_stats(params, None, batch, rng=None, freq_warp=0.2, **kw)["loss_sum"]
+    assert float(warped) != float(plain)  # the warp changed what the model heard
+    assert float(no_key) == float(plain)  # evaluation (no key) is never warped

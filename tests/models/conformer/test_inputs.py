@@ -45,3 +45,22 @@ def test_spec_augment_masks_bands_inside_valid_frames():
         assert (out[i, n:] == ~freq_masked).all()  # no time band in the padding
         time_zero = (out[i, :n] == 0).all(1).sum()
         assert time_zero <= 2 * min(10, int(0.05 * n))
+
+
+def test_freq_warp_moves_the_mel_axis_by_a_bounded_factor():
+    f = 40
+    ramp = jnp.broadcast_to(jnp.arange(f, dtype=jnp.float32), (4, 7, f))
+    fn = jax.jit(lambda x, k: augment.freq_warp(x, key=k, max_warp=0.15))
+    out = np.asarray(fn(ramp, jax.random.key(1)))
+    # bin 10 reads bin 10 / a: the factor each utterance drew, within 1 +- 0.15, not all equal
+    a = 10.0 / out[:, 0, 10]
+    assert np.all((a >= 0.85 - 1e-6) & (a <= 1.15 + 1e-6)) and np.ptp(a) > 0.01
+    # on any features: numpy's linear interpolation at j / a, edge value past the top bin
+    feats = np.random.default_rng(0).normal(size=(4, 7, f)).astype(np.float32)
+    got = np.asarray(fn(jnp.asarray(feats), jax.random.key(1)))
+    src = np.arange(f) / a[:, None]
+    for b in range(4):
+        want = np.stack([np.interp(src[b], np.arange(f), row) for row in feats[b]])
+        np.testing.assert_allclose(got[b], want, atol=1e-5)
+    same = augment.freq_warp(jnp.asarray(feats), key=jax.random.key(1), max_warp=0.0)
+    np.testing.assert_array_equal(np.asarray(same), feats)
