@@ -61,6 +61,11 @@ class StepConfig:
             raise ValueError(f"compute dtype {self.dtype!r} unknown; use one of {DTYPES}")
         if self.trainable not in ("lora", "backbone"):
             raise ValueError(f"trainable must be lora or backbone, got {self.trainable!r}")
+        if not 0.0 <= self.freq_warp < 1.0:
+            raise ValueError(
+                f"freq_warp must be in [0, 1) (a warp factor is drawn from 1 +- freq_warp), "
+                f"got {self.freq_warp!r}"
+            )
 
 
 def token_stats(

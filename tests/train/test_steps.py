@@ -128,3 +128,13 @@ def test_schedules():
     assert float(lr[-1]) < 0.1
     with pytest.raises(ValueError, match="schedule"):
         optim.OptimConfig(schedule="step")
+
+
+@pytest.mark.parametrize("warp", [-0.1, 1.0, 1.5])
+def test_freq_warp_out_of_range_is_refused(warp):
+    with pytest.raises(ValueError, match="freq_warp must be in"):
+        steps.StepConfig(model=CONFIG, freq_warp=warp)
+
+
+def test_freq_warp_in_range_is_accepted():
+    assert steps.StepConfig(model=CONFIG, freq_warp=0.12).freq_warp == 0.12
