@@ -5,9 +5,12 @@ PyTorch Whisper and CTranslate2, same weights, same audio, same features, same t
     python bench/bench_decode.py --digits 16          # ~10 s clips
     python bench/bench_decode.py --model base --clips 8
     python bench/bench_decode.py --engines jax,jax-nf4,hf --repeats 3
+    python bench/bench_decode.py --audio sentences --clips 8   # LibriSpeech text, espeak voices
 
-Audio: `--digits` FSDD digits of one speaker joined with 0.15 s of silence (the project's
-evaluation utterances have 4), resampled to 16 kHz. Each clip is one padded 30 s window (as
+Audio: `--audio digits` (default): `--digits` FSDD digits of one speaker joined with 0.15 s of
+silence (the project's evaluation utterances have 4), resampled to 16 kHz. `--audio sentences`:
+LibriSpeech dev-clean sentences of 15-40 words (the shared text file) read by sampled espeak-ng
+voices, one voice a clip, cut to 30 s: longer outputs, where the token loop weighs more. Each clip is one padded 30 s window (as
 Whisper decodes). Every engine stops a row after `--max-new` tokens (default 224, the cap of
 openai-whisper and CTranslate2; HF's own default is 448 minus the prompt). Times cover encoder + decoding from log-mel features (computed once, shared by every
 engine; their cost is printed separately); compilation and a warm-up batch are excluded. Engines
@@ -89,7 +92,25 @@ def _clips(n: int, n_digits: int, seed: int) -> tuple[list[np.ndarray], list[str
     return clips, refs
 
 
-def _setup(model: str, n: int, n_digits: int) -> Setup:
+def _sentence_clips(n: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
+    """n LibriSpeech dev-clean sentences (15-40 words) read by n sampled espeak-ng voices."""
+    from pqm_jax import resources
+    from pqm_jax.data import corpus, synth
+    from pqm_jax.text import transcripts
+
+    path = resources.shared_data_dir() / corpus.DEFAULT_TRANSCRIPTS
+    if not path.is_file():
+        raise SystemExit(f"LibriSpeech text not found at {path}; set $PQM_SHARED_DATA")
+    texts = [t for _, t in transcripts.read_transcript_file(path)]
+    found = transcripts.select_sentences(texts, min_words=15, max_words=40)
+    rng = np.random.default_rng(seed)
+    picked = [found[i] for i in rng.choice(len(found), size=n, replace=False)]
+    voices = synth.sample_voices(n, seed=seed)
+    clips = [synth.synthesize(v, t)[: 30 * 16_000] for v, t in zip(voices, picked)]
+    return clips, picked
+
+
+def _setup(model: str, n: int, n_digits: int, kind: str = "digits") -> Setup:
     from pqm_jax import resources
     from pqm_jax.data import features
     from pqm_jax.models.whisper import ct2
@@ -104,7 +125,7 @@ def _setup(model: str, n: int, n_digits: int) -> Setup:
     else:
         folder = model
         params, config, _ = ct2.load(folder)
-    clips, refs = _clips(n, n_digits, seed=0)
+    clips, refs = _clips(n, n_digits, seed=0) if kind == "digits" else _sentence_clips(n, seed=0)
     t = time.perf_counter()
     mel = features.log_mel_batch(clips, features.FeatureConfig(n_mels=config.n_mels))
     print(f"log-mel of {n} clips: {time.perf_counter() - t:.2f} s (not in the times below)")
@@ -267,12 +288,13 @@ def _probe_threads(engine: str, s: Setup) -> tuple[int, dict[int, float]]:
     return min(probe, key=probe.get), probe
 
 
-def _wer(hyps: list[str], refs: list[str]) -> float:
+def _wer(hyps: list[str], refs: list[str], kind: str = "digits") -> float:
     from pqm_jax.text import normalize
 
+    norm = normalize.normalize_digits if kind == "digits" else normalize.normalize_english
     errors = words = 0
     for h, r in zip(hyps, refs):
-        h, r = normalize.normalize_digits(h).split(), r.split()
+        h, r = norm(h).split(), norm(r).split()
         d = np.arange(len(h) + 1)
         for i, rw in enumerate(r, 1):  # word-level Levenshtein, one row at a time
             prev, d = d, np.empty_like(d)
@@ -349,6 +371,12 @@ def main() -> None:
     parser.add_argument("--model", default="tiny.en", help="tiny.en, base or a CT2 folder")
     parser.add_argument("--clips", type=int, default=24)
     parser.add_argument("--digits", type=int, default=4, help="digits per clip")
+    parser.add_argument(
+        "--audio",
+        choices=("digits", "sentences"),
+        default="digits",
+        help="FSDD digit clips, or LibriSpeech sentences read by espeak-ng voices",
+    )
     parser.add_argument("--max-new", type=int, default=224, help="token cap per utterance")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument(
@@ -363,7 +391,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write report rows here (for bench/run_all.py)")
     args = parser.parse_args()
 
-    s = _setup(args.model, args.clips, args.digits)
+    s = _setup(args.model, args.clips, args.digits, args.audio)
     print(
         f"model {args.model}: {args.clips} clips, {s.audio_s:.1f} s of audio, batch {args.batch},"
         f" {args.threads or 'probed'} threads, {os.cpu_count()} CPUs"
@@ -401,12 +429,17 @@ def main() -> None:
         hyps = [s.tokenizer.decode(t) for t in tokens[engine]]
         print(
             f"| {engine} | {secs / s.audio_s:.4f} | {secs:.2f} | {ratio} | "
-            f"{same}/{len(tokens[engine])} | {100 * _wer(hyps, s.refs):.1f}% |"
+            f"{same}/{len(tokens[engine])} | {100 * _wer(hyps, s.refs, args.audio):.1f}% |"
         )
     if args.json:
         setting = [
-            f"Whisper {args.model}, {args.clips} FSDD clips of {args.digits} digits "
-            f"({s.audio_s:.1f} s of audio), one padded 30 s window each, batch {args.batch}, "
+            f"Whisper {args.model}, {args.clips} "
+            + (
+                f"FSDD clips of {args.digits} digits"
+                if args.audio == "digits"
+                else "LibriSpeech dev-clean sentences of 15-40 words read by espeak-ng voices"
+            )
+            + f" ({s.audio_s:.1f} s of audio), one padded 30 s window each, batch {args.batch}, "
             f"greedy, at most {args.max_new} new tokens; log-mel shared and not timed; engines "
             f"round-robin, {args.repeats} repeats; RTF = compute s / audio s",
             "threads: "
