@@ -12,7 +12,6 @@ window, as Whisper decodes; longer audio is truncated to its first 30 s with a w
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import pathlib
@@ -25,18 +24,17 @@ import jax.numpy as jnp
 import numpy as np
 
 import pqm_jax
-from pqm_jax import lora as lora_lib
-from pqm_jax import models
+from pqm_jax import api_inputs, api_longform, models
 from pqm_jax.data import audio as audio_lib
 from pqm_jax.data import features
-from pqm_jax.models.whisper import alignment, decoding, hf, longform
+from pqm_jax.models.whisper import decoding, hf
 from pqm_jax.models.whisper import family as whisper_family
 from pqm_jax.models.whisper import model as whisper
 from pqm_jax.quant import base
 from pqm_jax.quant import tree as qtree
 from pqm_jax.text import whisper_tokenizer as text
 
-AudioInput = np.ndarray | str | os.PathLike
+AudioInput = api_inputs.AudioInput
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,20 +66,6 @@ def quantize_params(params: Any, qc: QuantConfig) -> Any:
     if not targets:
         return params
     return qtree.quantize_tree(params, qtree.match_any(targets), qc.scheme, **dict(qc.options))
-
-
-def _is_lora(x: Any) -> bool:
-    return isinstance(x, lora_lib.LoraWeights)
-
-
-def _is_bank(adapters: Any) -> bool:
-    leaves = jax.tree.leaves(adapters, is_leaf=_is_lora)
-    if not leaves or not all(_is_lora(x) for x in leaves):
-        raise TypeError("adapters must be a LoRA tree (LoraWeights leaves), e.g. lora.init(...)")
-    dims = {x.a.ndim for x in leaves}
-    if dims not in ({2}, {3}):
-        raise ValueError(f"adapters mix single and banked LoRA weights (a.ndim {sorted(dims)})")
-    return dims == {3}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -178,16 +162,13 @@ class WhisperModel:
         Returns:
           One string per utterance, in input order.
         """
-        # One utterance: a path, or an array of samples (mono [samples], or soundfile's
-        # multi-channel [samples, channels], downmixed); several: a list of those.
-        single = isinstance(audio, str | os.PathLike) or isinstance(audio, np.ndarray | jax.Array)
-        items = [audio] if single else list(audio)
+        items = api_inputs.as_items(audio)
         if not items:
             return []
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        clips = [_load_audio(a, i, sample_rate) for i, a in enumerate(items)]
-        bank, rows = _resolve_adapters(adapters, speakers, len(clips))
+        clips = [api_inputs.load_audio(a, i, sample_rate) for i, a in enumerate(items)]
+        bank, rows = api_inputs.resolve_adapters(adapters, speakers, len(clips))
         opts = self.decode_options(
             beam_size=beam_size, max_new_tokens=max_new_tokens, language=language, **decode_kwargs
         )
@@ -197,11 +178,11 @@ class WhisperModel:
         order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         out: list[str] = [""] * len(clips)
-        for idx in _progress(batches, progress, len(clips)):
+        for idx in api_inputs.progress_bar(batches, progress, len(clips)):
             mel = self.features([clips[i] for i in idx])
             pad = batch_size - len(idx)
             mel = np.concatenate([mel, np.repeat(mel[-1:], pad, axis=0)]) if pad else mel
-            lora = _batch_lora(bank, rows, adapters, idx + [idx[-1]] * pad)
+            lora = api_inputs.batch_lora(bank, rows, adapters, idx + [idx[-1]] * pad)
             result = decoding.generate(
                 self.params, mel, config=self.config, options=opts, lora=lora
             )
@@ -233,122 +214,7 @@ class WhisperModel:
             no_speech=tok.special.no_speech,
         )
 
-    def transcribe_long(
-        self,
-        audio: AudioInput | Sequence[AudioInput],
-        *,
-        mode: str = "sequential",
-        beam_size: int = 1,
-        batch_size: int = 8,
-        speakers: Sequence[int | str] | None = None,
-        adapters: Any = None,
-        language: str | None = "en",
-        sample_rate: int = audio_lib.TARGET_RATE,
-        temperatures: Sequence[float] = (0.0,),
-        compression_ratio_threshold: float | None = None,
-        logprob_threshold: float | None = None,
-        no_speech_threshold: float | None = None,
-        max_initial_timestamp: int | None = None,
-        chunk_s: float | None = None,
-        stride_s: float = 5.0,
-        seed: int = 0,
-        word_timestamps: bool = False,
-        progress: bool | None = None,
-        **decode_kwargs: Any,
-    ) -> list[longform.Transcript]:
-        """Transcribes audio of any length into timed segments (`longform`).
-
-        Args:
-          audio, beam_size, batch_size, speakers, adapters, language, sample_rate: as in
-            `transcribe` (no 30 s limit here).
-          mode: "sequential" (openai-whisper's seek-by-timestamp; transformers' long-form
-            `generate`) or "chunked" (overlapping chunks decoded as one batch, the pipeline's
-            way).
-          temperatures, compression_ratio_threshold, logprob_threshold, no_speech_threshold:
-            the fallback (`longform.Options`); the defaults decode once, greedily, like
-            transformers; openai-whisper's CLI uses (0, 0.2, ..., 1.0), 2.4, -1.0 and 0.6.
-          max_initial_timestamp: latest first timestamp (index; openai-whisper 50 = 1 s).
-          chunk_s, stride_s: chunked mode: chunk length (default: the model's window) and the
-            overlap with each neighbour.
-          seed: sampling key of the fallback.
-          word_timestamps: also time each word (`alignment`, sequential mode): the model's
-            `alignment_heads` (from its config; else every head of the last half of the
-            decoder layers, openai-whisper's default).
-          progress: tqdm bar over the audio (default: more than one window of audio).
-
-        Returns:
-          one `longform.Transcript` per input (`.text`, `.segments` with start/end seconds).
-        """
-        single = isinstance(audio, str | os.PathLike) or isinstance(audio, np.ndarray | jax.Array)
-        items = [audio] if single else list(audio)
-        if not items:
-            return []
-        if mode not in ("sequential", "chunked"):
-            raise ValueError(f"mode must be 'sequential' or 'chunked', got {mode!r}")
-        clips = [_load_audio(a, i, sample_rate, limit=False) for i, a in enumerate(items)]
-        bank, rows = _resolve_adapters(adapters, speakers, len(clips))
-        base = self.timestamp_options(
-            beam_size=beam_size,
-            language=language,
-            max_initial_timestamp=max_initial_timestamp,
-            **decode_kwargs,
-        )
-        opts = longform.Options(
-            temperatures=tuple(float(t) for t in temperatures),
-            compression_ratio_threshold=compression_ratio_threshold,
-            logprob_threshold=logprob_threshold,
-            no_speech_threshold=no_speech_threshold,
-            batch_size=min(batch_size, 1 << (len(clips) - 1).bit_length())
-            if mode == "sequential"
-            else batch_size,
-            seed=seed,
-        )
-
-        def decode(mel, who, options, key):
-            lora = _batch_lora(bank, rows, adapters, list(who))
-            return decoding.generate(
-                self.params, mel, config=self.config, options=options, lora=lora, key=key
-            )
-
-        window = self.config.n_frames
-        total = sum(len(c) for c in clips) // features.HOP
-        show = (total > window) if progress is None else progress
-        if mode == "chunked":
-            if word_timestamps:
-                raise ValueError("word_timestamps needs mode='sequential'")
-            return longform.chunked(
-                decode,
-                clips,
-                features=self.features,
-                base=base,
-                opts=opts,
-                tok_text=self.tokenizer.decode,
-                chunk_s=window * features.HOP / audio_lib.TARGET_RATE
-                if chunk_s is None
-                else chunk_s,
-                stride_s=stride_s,
-            )
-        mels = [features.log_mel_windows(c[None], self.config.n_mels)[0] for c in clips]
-        bar = None
-        if show:
-            import tqdm  # lazy
-
-            bar = tqdm.tqdm(total=total, desc="transcribing", unit="frame", unit_scale=True)
-        try:
-            return longform.sequential(
-                decode,
-                mels,
-                base=base,
-                opts=opts,
-                tok_text=self.tokenizer.decode,
-                progress=bar.update if bar is not None else None,
-                window=window,
-                align=self._aligner(bank, rows, adapters, language) if word_timestamps else None,
-                piece=self.tokenizer.piece,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
+    transcribe_long = api_longform.transcribe_long
 
     def heads_for_alignment(self) -> tuple[tuple[int, int], ...]:
         """(layer, head) pairs whose cross-attention times words."""
@@ -360,176 +226,6 @@ class WhisperModel:
             for layer in range(c.decoder_layers // 2, c.decoder_layers)
             for head in range(c.decoder_heads)
         )
-
-    def _aligner(self, bank, rows, adapters, language) -> longform.Align:
-        """align(window, file, text ids, frames) -> token start times, one jitted pass a call."""
-        tok = self.tokenizer
-        prompt = list(tok.prompt(language if tok.multilingual else None))  # <|notimestamps|>
-        heads = np.asarray(self.heads_for_alignment())
-
-        def align(mel, file, ids, frames):
-            seq = prompt + list(ids) + [tok.special.eot]
-            size = min(-(-len(seq) // 32) * 32, self.config.max_target_positions)
-            if len(seq) > size:
-                raise ValueError(f"{len(ids)} text tokens do not fit the decoder's positions")
-            padded = np.full((1, size), tok.special.eot, np.int32)
-            padded[0, : len(seq)] = seq
-            lora = _batch_lora(bank, rows, adapters, [file]) if bank is not None else adapters
-            weights = np.asarray(
-                _cross_attention_jit(
-                    self.params, mel[None], jnp.asarray(padded), lora, config=self.config
-                )
-            )  # [L, 1, H, T, S]
-            picked = weights[heads[:, 0], 0, heads[:, 1]]  # [A, T, S]
-            picked = picked[:, len(prompt) - 1 : len(seq) - 1]  # rows predicting ids and eot
-            return alignment.token_starts(picked, frames)
-
-        return align
-
-
-@functools.partial(jax.jit, static_argnames=("config",))
-def _cross_attention_jit(params, mel, tokens, lora, *, config):
-    enc = whisper.encode(params, mel, config=config, lora=lora)
-    return whisper.cross_attention(params, tokens, enc, config=config, lora=lora)
-
-
-def _batch_lora(bank: Any, rows: list, adapters: Any, who: list[int]) -> Any:
-    """The adapters of the utterances `who` (indices into the inputs): a paged bank's rows read
-    from disk, a bank's rows taken, one tree as is, or None."""
-    if hasattr(bank, "gather"):  # only this batch's speakers are read
-        return jax.tree.map(jnp.asarray, bank.gather([rows[i] for i in who]))
-    if bank is not None:
-        ids = np.asarray([rows[i] for i in who], np.int32)
-        return lora_lib.take(bank, jnp.asarray(ids))
-    return adapters
-
-
-def _progress(batches: list, progress: bool | None, n: int):
-    if progress is None:
-        progress = len(batches) > 1
-    if not progress:
-        return batches
-    import tqdm  # lazy
-
-    return tqdm.tqdm(batches, desc=f"transcribing {n} utterances", unit="batch")
-
-
-def _load_audio(a: AudioInput, index: int, sample_rate: int, *, limit: bool = True) -> np.ndarray:
-    """One utterance -> mono float32 16 kHz, at most 30 s when `limit` (warned when cut)."""
-    if isinstance(a, str | os.PathLike):
-        path = pathlib.Path(a)
-        if path.is_dir():
-            raise IsADirectoryError(
-                f"audio {path} (utterance {index}) is a folder: pass its files, e.g. "
-                f"sorted(pathlib.Path({str(path)!r}).glob('*.wav'))"
-            )
-        if not path.is_file():
-            raise FileNotFoundError(f"audio file {path} (utterance {index}) does not exist")
-        try:
-            data, rate = audio_lib.decode(path)
-        except Exception as e:  # soundfile names neither the file nor the fix
-            raise ValueError(
-                f"cannot decode audio file {path} (utterance {index}): {e}; is it truncated "
-                "or in a format libsndfile does not read (WAV, FLAC, OGG, MP3)?"
-            ) from None
-        clip = audio_lib.resample(data.mean(axis=1), rate)
-        name = str(path)
-    elif isinstance(a, np.ndarray | jax.Array):
-        clip = np.asarray(a)
-        name = f"utterance {index}"
-        clip = _mono(clip, name)
-        if not np.issubdtype(clip.dtype, np.floating):
-            raise ValueError(
-                f"{name} has dtype {clip.dtype}: expected float audio in [-1, 1] (int16 PCM: "
-                "divide by 32768)"
-            )
-        clip = audio_lib.resample(clip.astype(np.float32), sample_rate)
-    else:
-        raise TypeError(f"utterance {index}: expected a path or a numpy array, got {type(a)}")
-    if clip.size == 0:
-        raise ValueError(f"{name} is empty")
-    if not np.isfinite(clip).all():
-        raise ValueError(f"{name} holds NaN or inf samples")
-    if limit and clip.size > features.N_SAMPLES:
-        warnings.warn(
-            f"{name} is {clip.size / audio_lib.TARGET_RATE:.1f} s long; Whisper decodes one 30 s "
-            "window, so only its first 30 s are transcribed (transcribe_long decodes it all)",
-            pqm_jax.PQMWarning,
-            stacklevel=3,
-        )
-        clip = clip[: features.N_SAMPLES]
-    return clip
-
-
-MAX_CHANNELS = 8
-
-
-def _mono(clip: np.ndarray, name: str) -> np.ndarray:
-    """[samples] as is; soundfile's [samples, channels] (at most 8 channels) averaged to mono with
-    a warning; anything else refused (a list of 1-D arrays is several utterances)."""
-    if clip.ndim == 1:
-        return clip
-    if clip.ndim == 2 and clip.shape[1] <= MAX_CHANNELS < clip.shape[0]:
-        if clip.shape[1] > 1:
-            warnings.warn(
-                f"{name} has {clip.shape[1]} channels [samples, channels]: averaged to mono",
-                pqm_jax.PQMWarning,
-                stacklevel=4,
-            )
-        return clip.mean(axis=1)
-    raise ValueError(
-        f"{name} has shape {clip.shape}: expected mono audio [samples] or soundfile's "
-        "[samples, channels]; for [channels, samples] pass x.T (or x.mean(axis=0)); for several "
-        "utterances pass a list of 1-D arrays"
-    )
-
-
-def _resolve_adapters(
-    adapters: Any, speakers: Sequence[int | str] | None, n: int
-) -> tuple[Any, list[int]]:
-    """(bank or None, bank row per utterance); for a paged bank (anything with `gather`, e.g.
-    `Results.paged_bank()`), (the bank, speaker name per utterance)."""
-    if hasattr(adapters, "gather"):
-        if speakers is None:
-            raise ValueError("a paged bank needs `speakers` (one adapted speaker per utterance)")
-        unknown = sorted({repr(s) for s in speakers if s not in adapters})
-        if unknown:
-            raise KeyError(f"speakers without adapters: {', '.join(unknown[:8])}")
-        return adapters, list(speakers)
-    if adapters is None:
-        if speakers is not None:
-            raise ValueError("speakers given without adapters")
-        return None, []
-    if isinstance(adapters, Mapping) and adapters and not _is_lora_tree_dict(adapters):
-        names = list(adapters)
-        bank = lora_lib.stack([adapters[k] for k in names])
-        if speakers is None:
-            raise ValueError("a dict of adapters needs `speakers` (one key per utterance)")
-        unknown = sorted({repr(s) for s in speakers if s not in adapters})
-        if unknown:
-            raise KeyError(f"speakers without adapters: {', '.join(unknown)}; known: {names}")
-        rows = [names.index(s) for s in speakers]
-    elif _is_bank(adapters):
-        bank = adapters
-        size = jax.tree.leaves(bank)[0].shape[0]
-        if speakers is None:
-            raise ValueError(f"an adapter bank ({size} speakers) needs `speakers`")
-        for s in speakers:
-            if not isinstance(s, int | np.integer) or not 0 <= s < size:
-                raise ValueError(f"speaker {s!r} is not a bank index in [0, {size})")
-        rows = [int(s) for s in speakers]
-    else:
-        if speakers is not None:
-            raise ValueError("one adapter tree applies to every utterance: drop `speakers`")
-        return None, []
-    if len(rows) != n:
-        raise ValueError(f"{len(rows)} speakers for {n} utterances")
-    return bank, rows
-
-
-def _is_lora_tree_dict(tree: Mapping) -> bool:
-    """True for an adapter tree (keys 'encoder'/'decoder'), False for a dict of speakers."""
-    return set(tree) <= {"encoder", "decoder"}
 
 
 def _read(name_or_path: str | os.PathLike) -> tuple[Any, whisper.WhisperConfig, text.Tokenizer]:
