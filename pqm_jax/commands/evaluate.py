@@ -9,6 +9,7 @@ bars) and DIR/transcripts.jsonl.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import sys
 
@@ -16,8 +17,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from pqm_jax import cli
-
-PROG = "evaluate.py"  # how messages name the program (`pqm evaluate` sets its own)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "train this config first (resumes)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "the run folder (train.py --workdir)")
@@ -43,7 +42,8 @@ _PID = flags.DEFINE_integer("process_id", -1, "with --distributed (-1 = auto-det
 flags.mark_flags_as_required(["workdir"])
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], prog: str = "evaluate.py") -> None:
+    """The program; `prog` is how its messages name it (`pqm evaluate` passes its own)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
@@ -72,7 +72,7 @@ def main(argv: list[str]) -> None:
             config = config_lib.from_dict(_CONFIG.value)
             pipeline.run_pipeline(config, workdir, progress=True)
         if not workdir_lib.Workdir(workdir).config.is_file():
-            sys.exit(f"{PROG}: {workdir} holds no run; train first (or pass --config)")
+            sys.exit(f"{prog}: {workdir} holds no run; train first (or pass --config)")
         options = run.EvalOptions(
             systems=tuple(_SYSTEMS.value),
             beam_size=_BEAM.value,
@@ -96,8 +96,8 @@ def main(argv: list[str]) -> None:
     ) as e:
         lost = multihost.lost_peer(e)
         if lost is not None:
-            multihost.stop(f"{PROG}: {lost}")
-        sys.exit(f"{PROG}: {e}")
+            multihost.stop(f"{prog}: {lost}")
+        sys.exit(f"{prog}: {e}")
     multihost.mark_done()
     if not multihost.primary():
         return  # process 0 reports
@@ -109,11 +109,10 @@ def main(argv: list[str]) -> None:
 
 def entry(prog: str = "python evaluate.py", argv: list[str] | None = None) -> None:
     """Runs the program as a command (absl flags from `argv`, default sys.argv)."""
-    global PROG
-    PROG = prog.removeprefix("python ")
+    name = prog.removeprefix("python ")
     cli.run(
-        main,
-        prog=PROG,
+        functools.partial(main, prog=name),
+        prog=name,
         usage="python evaluate.py --workdir DIR".replace("python evaluate.py", prog),
         workdir=lambda: _WORKDIR.value,
         argv=argv,

@@ -8,6 +8,7 @@ the work folder (see `pqm_jax.run.pipeline`); read them with `pqm_jax.run.result
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 
@@ -16,8 +17,6 @@ from ml_collections import config_flags
 
 from pqm_jax import cli
 
-PROG = "train.py"  # how messages name the program (`pqm train` sets its own)
-
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file of the run")
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for checkpoints, metrics and results")
 _PROGRESS = flags.DEFINE_bool("progress", True, "show progress bars")
@@ -25,7 +24,8 @@ _STRICT = flags.DEFINE_bool("strict", False, "stop at the first bad input item (
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], prog: str = "train.py") -> None:
+    """The program; `prog` is how its messages name it (`pqm train` passes its own)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
@@ -45,11 +45,11 @@ def main(argv: list[str]) -> None:
         pipeline.init_distributed(config.distributed)
         summary = pipeline.run_pipeline(config, _WORKDIR.value, progress=_PROGRESS.value)
     except config_lib.ConfigError as e:
-        sys.exit(f"{PROG}: bad config: {e}")
+        sys.exit(f"{prog}: bad config: {e}")
     except (workdir_lib.WorkdirLocked, stages.NonFiniteLoss, qtree.NonFiniteWeights) as e:
-        sys.exit(f"{PROG}: {e}")
+        sys.exit(f"{prog}: {e}")
     except issues.InputError as e:
-        sys.exit(f"{PROG}: bad input: {e}; fix or remove it (or run without --strict)")
+        sys.exit(f"{prog}: bad input: {e}; fix or remove it (or run without --strict)")
     multihost.mark_done()
     if not multihost.primary():
         return  # process 0 reports for the run
@@ -67,11 +67,10 @@ def main(argv: list[str]) -> None:
 
 def entry(prog: str = "python train.py", argv: list[str] | None = None) -> None:
     """Runs the program as a command (absl flags from `argv`, default sys.argv)."""
-    global PROG
-    PROG = prog.removeprefix("python ")
+    name = prog.removeprefix("python ")
     cli.run(
-        main,
-        prog=PROG,
+        functools.partial(main, prog=name),
+        prog=name,
         usage="python train.py --config CONFIG.py --workdir DIR".replace("python train.py", prog),
         workdir=lambda: _WORKDIR.value,
         argv=argv,
