@@ -8,6 +8,7 @@ from typing import Any
 import jax
 
 from pqm_jax import lora as lora_lib
+from pqm_jax import sharding
 from pqm_jax.data import feature_store, issues
 from pqm_jax.run import config as config_lib
 from pqm_jax.run import featurize, metrics
@@ -60,6 +61,7 @@ class Run:
     config: config_lib.RunConfig
     workdir: workdir_lib.Workdir
     mesh: jax.sharding.Mesh
+    mesh_config: sharding.MeshConfig  # the mesh and its rules (the family's defaults filled in)
     base: dict
     base_shardings: Any
     step_config: steps.StepConfig

@@ -149,6 +149,7 @@ def setup(
         config=config,
         workdir=wd,
         mesh=mesh,
+        mesh_config=mesh_config,
         base=sharding.put(base, shardings),
         base_shardings=shardings,
         step_config=context.step_config(config, cfg, pretraining=False),

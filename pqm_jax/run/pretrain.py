@@ -66,10 +66,12 @@ def train(
             )
         key = context.key(config, context.KEY_PRETRAIN)
         params, cfg, tokenizer = family.scratch(spec, texts, key=key)
+        mesh_config = config.mesh.with_rules(family.shard_rules)
         run = context.Run(
             config=config,
             workdir=workdir,
-            mesh=sharding.make_mesh(config.mesh.with_rules(family.shard_rules)),
+            mesh=sharding.make_mesh(mesh_config),
+            mesh_config=mesh_config,
             base={},
             base_shardings={},
             step_config=context.step_config(config, cfg, pretraining=True),

@@ -421,8 +421,7 @@ def with_stage3_base(run: context.Run) -> context.Run:
     if not dense_base_wanted(run.config.stage3, run.base, dtype):
         return run
     abstract = jax.eval_shape(lambda b: qtree.dequantize_tree(b, dtype), run.base)
-    mesh_config = run.config.mesh.with_rules(run.config.model.family.shard_rules)
-    shardings = sharding.base_shardings(abstract, run.mesh, mesh_config)
+    shardings = sharding.base_shardings(abstract, run.mesh, run.mesh_config)
     decode = sharding.jit(
         lambda b: qtree.dequantize_tree(b, dtype),
         in_shardings=(run.base_shardings,),

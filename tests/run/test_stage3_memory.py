@@ -71,7 +71,8 @@ def test_stage3_reads_a_dense_copy_of_the_base_when_asked():
 
     cfg = toy.tiny_config()
     base = toy.quantized_model(cfg, key=jax.random.key(0))
-    mesh = sharding.make_mesh(sharding.MeshConfig(data=2))
+    mesh_config = sharding.MeshConfig(data=2)
+    mesh = sharding.make_mesh(mesh_config)
     config = config_lib.RunConfig()
 
     def run_with(**stage3):
@@ -81,6 +82,7 @@ def test_stage3_reads_a_dense_copy_of_the_base_when_asked():
             config=c,
             workdir=None,
             mesh=mesh,
+            mesh_config=mesh_config,
             base=sharding.put(base, shardings),
             base_shardings=shardings,
             step_config=steps_lib.StepConfig(model=cfg),
