@@ -17,10 +17,11 @@ speaker a target once:
         --out results/conformer_fsdd.json
 
 Sized for a 2-core CPU: encoder 4 x 144 (4 heads, kernel 15), decoder 2 layers, characters, joint
-CTC/attention (CTC weight 0.3), 4 s windows; pretraining 1,000 steps of batch 16 runs at 1.25 s a
-step alone there (21 min; 72 min of wall time with the other fold beside it), stages 2 and 3
-about 9 min. Measured on 2026-12-02 (1,500 steps, freq_warp 0.12, 600 pool utterances): FSDD full precision
-30.1%, NF4 29.8%, NF4+SI 28.3%, PQM 7.1% (README; results/conformer_fsdd.json).
+CTC/attention (CTC weight 0.3), 4 s windows; pretraining 2,000 steps of batch 16 took 58 min (fold
+1) and 67 min (fold 2) alone there at 1.7-2.0 s a step, stages 2 and 3 about 6 min, evaluation
+with beam 4 about 1.5 min. Measured on 2026-12-03 (2,000 steps, freq_warp 0.12, 600 pool
+utterances), both folds merged: FSDD full precision 22.3%, NF4 21.3%, NF4+SI 21.6%, PQM 6.7%
+(README; results/conformer_fsdd.json). 1,500 steps gave 30.1% / 29.8% / 28.3% / 7.1% (2026-12-02).
 """
 
 import pathlib
@@ -46,7 +47,7 @@ def get_config(fold: int = 0):
     c.data.si_counts = (50, 2)
     c.data.augment = ("speed", "narrowband", "reverb", "noise")
     c.data.augment_copies = 2
-    c.pretrain.steps = 1500
+    c.pretrain.steps = 2000
     c.pretrain.freq_warp = 0.12
     c.pretrain.eval_every = 100
     c.stage2.steps = 150
