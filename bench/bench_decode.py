@@ -19,9 +19,10 @@ RTF = seconds of compute / seconds of audio (lower is faster). `--json FILE` als
 `report.Row`s (ours / peer, see `PAIRS`) for bench/run_all.py.
 
 Engines: jax (float32, batch `--batch`), jax-b1 (batch 1), jax-nf4 (NF4 linears + embedding),
-jax-nf4-guard (same, with the repetition stop max_repeats=4), jax-nf4-stepdequant (NF4 without
-the explicit dequantise-once; XLA hoists it anyway), hf / hf-b1 (transformers, float32),
-ct2 / ct2-int8 (CTranslate2). The WER column scores digit words (`normalize.normalize_digits`).
+jax-nf4-b1, jax-nf4-guard (same, with the repetition stop max_repeats=4), jax-nf4-stepdequant
+(NF4 without the explicit dequantise-once; XLA hoists it anyway), hf / hf-b1 (transformers,
+float32), ct2 / ct2-b1 / ct2-int8 / ct2-int8-b1 (CTranslate2). Default: all but the -stepdequant.
+The WER column scores digit words (`normalize.normalize_digits`).
 """
 
 from __future__ import annotations
@@ -35,24 +36,42 @@ from collections.abc import Callable
 import numpy as np
 import report
 
-ENGINES = ("jax", "jax-b1", "jax-nf4", "jax-nf4-guard", "hf", "hf-b1", "ct2", "ct2-int8")
+ENGINES = (
+    "jax",
+    "jax-b1",
+    "jax-nf4",
+    "jax-nf4-b1",
+    "jax-nf4-guard",
+    "hf",
+    "hf-b1",
+    "ct2",
+    "ct2-b1",
+    "ct2-int8",
+    "ct2-int8-b1",
+)
 GUARD = {"max_repeats": 4, "max_period": 8}  # the repetition stop of "jax-nf4-guard"
 LABELS = {
     "jax": "pqm-jax float32",
     "jax-b1": "pqm-jax float32, batch 1",
     "jax-nf4": "pqm-jax NF4",
+    "jax-nf4-b1": "pqm-jax NF4, batch 1",
     "jax-nf4-guard": "pqm-jax NF4 + repetition guard",
     "jax-nf4-stepdequant": "pqm-jax NF4, dequantise per step",
     "hf": "transformers float32",
     "hf-b1": "transformers float32, batch 1",
     "ct2": "CTranslate2 float32",
+    "ct2-b1": "CTranslate2 float32, batch 1",
     "ct2-int8": "CTranslate2 int8",
+    "ct2-int8-b1": "CTranslate2 int8, batch 1",
 }
 # (ours, peer) pairs reported as rows when both engines ran.
 PAIRS = (
     ("jax", "hf"),
     ("jax", "ct2"),
     ("jax-b1", "hf-b1"),
+    ("jax-b1", "ct2-b1"),
+    ("jax-nf4", "ct2-int8"),
+    ("jax-nf4-b1", "ct2-int8-b1"),
     ("jax-nf4-guard", "ct2-int8"),
 )
 
@@ -254,6 +273,8 @@ def _make(engine: str, s: Setup, batch: int, max_new: int, threads: int) -> Call
             return _jax_engine(s, batch, max_new, None)
         if engine == "jax-nf4":
             return _jax_engine(s, batch, max_new, "nf4")
+        if engine == "jax-nf4-b1":
+            return _jax_engine(s, 1, max_new, "nf4")
         if engine == "jax-nf4-guard":
             return _jax_engine(s, batch, max_new, "nf4", **GUARD)
         if engine == "jax-nf4-stepdequant":  # dequantise inside the loop (XLA hoists it)
@@ -266,8 +287,12 @@ def _make(engine: str, s: Setup, batch: int, max_new: int, threads: int) -> Call
             return _hf_engine(s, 1, max_new, threads)
         if engine == "ct2":
             return _ct2_engine(s, batch, max_new, threads, "float32")
+        if engine == "ct2-b1":
+            return _ct2_engine(s, 1, max_new, threads, "float32")
         if engine == "ct2-int8":
             return _ct2_engine(s, batch, max_new, threads, "int8")
+        if engine == "ct2-int8-b1":
+            return _ct2_engine(s, 1, max_new, threads, "int8")
     except ImportError as e:
         print(f"skipping {engine}: {e}")
         return None

@@ -40,14 +40,14 @@ SECTIONS = {
         "Greedy decoding real-time factor against transformers and CTranslate2",
         "bench/bench_decode.py",
         "--clips 8 --batch 8 --repeats 3 --threads 0 "
-        "--engines jax,jax-b1,jax-nf4-guard,hf,hf-b1,ct2,ct2-int8",
+        "--engines jax,jax-b1,jax-nf4,jax-nf4-b1,hf,hf-b1,ct2,ct2-b1,ct2-int8,ct2-int8-b1",
         "--clips 2 --batch 2 --repeats 2 --max-new 64 --threads 0 --engines jax,hf,ct2",
     ),
     "decode_sentences": (
         "Greedy decoding on longer sentences (LibriSpeech text, espeak-ng voices)",
         "bench/bench_decode.py",
         "--audio sentences --clips 8 --batch 8 --repeats 3 --threads 0 "
-        "--engines jax,jax-b1,jax-nf4-guard,hf,hf-b1,ct2,ct2-int8",
+        "--engines jax,jax-b1,jax-nf4,jax-nf4-b1,hf,hf-b1,ct2,ct2-b1,ct2-int8,ct2-int8-b1",
         "--audio sentences --clips 2 --batch 2 --repeats 1 --max-new 64 --threads 2 "
         "--engines jax,ct2",
     ),
