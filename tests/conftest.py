@@ -24,17 +24,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pathlib
 
-import jax
 import numpy as np
 import pytest
 import soundfile
-
-# The pytest process itself does not write the persistent cache; the train.py / evaluate.py
-# processes the tests launch inherit the folder and share their compilations. On 2026-12-07 the
-# long-lived pytest process crashed twice (SIGABRT, then SIGSEGV) inside jax's
-# `executable.serialize()` for the cache, late in full-suite runs (test_pqm_cli, test_steps);
-# neither reproduced with those tests alone. Without the write the crash cannot happen there.
-jax.config.update("jax_enable_compilation_cache", False)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
