@@ -24,6 +24,12 @@ def cached(key: Any, build: Any) -> Any:
     return _PROGRAMS[key]
 
 
+def clear() -> None:
+    """Forget every cached program, so that its executable can be freed (long-lived processes,
+    such as a test session, that compile many programs; see tests/conftest.py)."""
+    _PROGRAMS.clear()
+
+
 def tree_key(tree: Any) -> tuple:
     """A hashable description of a pytree: structure (with static fields), shapes, dtypes, and
     the shardings when the leaves are shardings."""

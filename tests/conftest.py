@@ -5,6 +5,13 @@ it must be set before jax is imported anywhere. A compilation cache for the sess
 persistent cache, in a temporary folder; inherited by the train.py / evaluate.py processes the
 tests launch) compiles each program once, not once per process: the same executables, in
 about half the time of a tiny run.
+
+Each test module's compiled programs are released when it ends (`_release_compiled_programs`):
+XLA:CPU maps every executable's code into the process, and one pytest process that kept all of
+them passed Linux's default limit of 65,530 memory mappings (vm.max_map_count) late in a full
+run, where the next mmap failed inside XLA and the process died (SIGSEGV/SIGABRT while compiling
+or serialising a program). Programs a later module needs again come back from the persistent
+cache.
 """
 
 import atexit
@@ -22,13 +29,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+import gc
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 import soundfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After each test module: drop every jitted program (JAX's and pqm_jax's caches), so that
+    the executables and their memory mappings are freed (see the module docstring)."""
+    yield
+    from pqm_jax import jit_cache
+
+    jit_cache.clear()
+    jax.clear_caches()
+    gc.collect()
 
 
 def _shared_data() -> pathlib.Path | None:
