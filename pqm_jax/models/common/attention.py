@@ -99,6 +99,22 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> 
     return from_heads(jnp.einsum("bhqk,bhkc->bhqc", w, v))
 
 
+def attend_flat(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *, heads: int
+) -> jax.Array:
+    """`attend` with keys and values as [B * heads, Tk, head_dim] (a decoding cache's layout):
+    the same products and softmax per (row, head), with batch and heads as one axis throughout.
+    mask: boolean, broadcastable to [B * heads, Tq, Tk], or None."""
+    b, tq, d = q.shape
+    qh = to_heads(q, heads).reshape(b * heads, tq, d // heads)
+    s = jnp.einsum("nqc,nkc->nqk", qh, k, preferred_element_type=jnp.float32)
+    if mask is not None:
+        s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
+    w = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+    o = jnp.einsum("nqk,nkc->nqc", w, v)
+    return from_heads(o.reshape(b, heads, tq, d // heads))
+
+
 def _attend_per_head(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """Unmasked attention one (batch, head) pair at a time: [B, H, Tq, c] -> [B, H, Tq, c].
 

@@ -235,47 +235,101 @@ def _start(params, mel, lora, config, opts, dtype):
     return params, cross, cache, logits[:, -1], no_speech
 
 
+def _phase_sizes(batch: int) -> list[int]:
+    """Row counts of the greedy loop's phases: the batch, then a quarter of it at a time down to
+    one row. A cached step costs about as much for 1 row as for 2 (reading the weights and the
+    51,864 x d output embedding dominates: 9 against 17 ms for 1 and 8 rows of tiny.en on 2 CPU
+    cores), so quartering keeps most of the saving with fewer compiled loops than halving."""
+    sizes = [batch]
+    while sizes[-1] > 1:
+        sizes.append(max(1, sizes[-1] // 4))
+    return sizes
+
+
+def _take_rows(tree: Any, keep: jax.Array) -> Any:
+    """Rows `keep` of every array in `tree` (per-row state, cross K/V)."""
+    return jax.tree.map(lambda x: x[keep], tree)
+
+
+def _take_bank(lora: Any, keep: jax.Array) -> Any:
+    """Rows `keep` of a per-example adapter bank (a shared adapter tree is left as it is)."""
+
+    def take(ad):
+        if isinstance(ad, lora_lib.LoraWeights) and ad.a.ndim == 3:
+            return ad.replace(a=ad.a[keep], b=ad.b[keep])
+        return ad
+
+    return jax.tree.map(take, lora, is_leaf=lambda x: isinstance(x, lora_lib.LoraWeights))
+
+
 def _greedy(
     params, mel, lora, config: whisper.WhisperConfig, opts: DecodeOptions, key, temperature
 ) -> Result:
+    """Greedy (or sampled) decoding in phases of shrinking batch: when at most a quarter of a phase's
+    rows are still running, the running rows (cache, cross K/V, adapters, history) are gathered
+    into a batch that size and the loop goes on there. Finished rows stop costing, as in
+    CTranslate2, while every shape stays static (one compiled loop per phase size). Each row's
+    tokens are those of the full-batch loop: rows never interact, and sampling keys are per row."""
     dtype = jnp.dtype(opts.dtype)
     params, cross, cache, logits, no_speech = _start(params, mel, lora, config, opts, dtype)
     batch, steps = mel.shape[0], opts.new_tokens(config)
-    step = functools.partial(whisper.decode_step, config=config, lora=lora, dtype=dtype)
 
-    def cond(s):
-        return (s["t"] < steps) & ~jnp.all(s["done"])
+    def body_for(lora_rows, cross_rows):
+        step = functools.partial(whisper.decode_step, config=config, lora=lora_rows, dtype=dtype)
 
-    def body(s):
-        t = s["t"]
-        logp = _logprobs(s["logits"], s["hist"], t, opts)
-        if opts.temperature > 0:
-            pick = jax.random.categorical(jax.random.fold_in(key, t), logp / temperature)
-        else:
-            pick = jnp.argmax(logp, axis=-1)
-        tok = jnp.where(s["done"], opts.eot, pick.astype(jnp.int32))
-        gain = jnp.take_along_axis(logp, tok[:, None], axis=1)[:, 0]
-        logits, cache = step(params, tok[:, None], s["cache"], cross)
-        return {
-            "t": t + 1,
-            "hist": jax.lax.dynamic_update_slice_in_dim(s["hist"], tok[:, None], t, axis=1),
-            "score": s["score"] + jnp.where(s["done"], 0.0, gain),
-            "done": s["done"] | (tok == opts.eot),
-            "logits": logits[:, -1],
-            "cache": cache,
-        }
+        def body(s):
+            t = s["t"]
+            logp = _logprobs(s["logits"], s["hist"], t, opts)
+            if opts.temperature > 0:
+                keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(key, t), s["row"])
+                pick = jax.vmap(jax.random.categorical)(keys, logp / temperature)
+            else:
+                pick = jnp.argmax(logp, axis=-1)
+            tok = jnp.where(s["done"], opts.eot, pick.astype(jnp.int32))
+            gain = jnp.take_along_axis(logp, tok[:, None], axis=1)[:, 0]
+            logits, cache = step(params, tok[:, None], s["cache"], cross_rows)
+            hist = jax.lax.dynamic_update_slice_in_dim(s["hist"], tok[:, None], t, axis=1)
+            return s | {
+                "t": t + 1,
+                "hist": hist,
+                "score": s["score"] + jnp.where(s["done"], 0.0, gain),
+                "done": s["done"] | (tok == opts.eot),
+                "logits": logits[:, -1],
+                "cache": cache,
+            }
+
+        return body
 
     state = {
         "t": jnp.zeros((), jnp.int32),
+        "row": jnp.arange(batch, dtype=jnp.int32),
         "hist": jnp.full((batch, steps), opts.eot, jnp.int32),
         "score": jnp.zeros((batch,), jnp.float32),
         "done": jnp.zeros((batch,), bool),
         "logits": logits,
         "cache": cache,
     }
-    s = jax.lax.while_loop(cond, body, state)
-    lengths = _lengths(s["hist"], opts.eot)
-    return Result(tokens=s["hist"], lengths=lengths, scores=s["score"], no_speech=no_speech)
+    out_hist, out_score = state["hist"], state["score"]
+    sizes = _phase_sizes(batch)
+    for i, size in enumerate(sizes):
+        if i:  # the running rows first (at most `size` of them), then finished ones to fill
+            keep = jnp.argsort(state["done"], stable=True)[:size]
+            per_row = {k: v for k, v in state.items() if k not in ("t", "cache")}
+            state = state | _take_rows(per_row, keep)
+            state["cache"] = state["cache"].map_rows(lambda x, keep=keep: x[keep])
+            cross = _take_rows(cross, keep)
+            lora = _take_bank(lora, keep)
+        floor = sizes[i + 1] if i + 1 < len(sizes) else 0
+
+        def cond(s, floor=floor):
+            running = jnp.sum(~s["done"])
+            return (s["t"] < steps) & (running > floor)
+
+        state = jax.lax.while_loop(cond, body_for(lora, cross), state)
+        out_hist = out_hist.at[state["row"]].set(state["hist"])
+        out_score = out_score.at[state["row"]].set(state["score"])
+    lengths = _lengths(out_hist, opts.eot)
+    return Result(tokens=out_hist, lengths=lengths, scores=out_score, no_speech=no_speech)
 
 
 def _repeat_bank(lora: Any, n: int) -> Any:
@@ -301,7 +355,7 @@ def _beam(params, mel, lora, config: whisper.WhisperConfig, opts: DecodeOptions)
     rows = batch * k
     lora_rows = _repeat_bank(lora, k)
     step = functools.partial(whisper.decode_step, config=config, lora=lora_rows, dtype=dtype)
-    cache = cache.replace(k=jnp.repeat(cache.k, k, axis=1), v=jnp.repeat(cache.v, k, axis=1))
+    cache = cache.map_rows(lambda x: jnp.repeat(x, k, axis=0))
     neg = jnp.float32(-jnp.inf)
 
     def penalised(score, n):
@@ -344,7 +398,7 @@ def _beam(params, mel, lora, config: whisper.WhisperConfig, opts: DecodeOptions)
         new_hist = jax.lax.dynamic_update_slice_in_dim(new_hist, beam_tok[..., None], t, axis=2)
         order = (jnp.arange(batch)[:, None] * k + beam_src).reshape(rows)
         cache = s["cache"]
-        cache = cache.replace(k=cache.k[:, order], v=cache.v[:, order])
+        cache = cache.map_rows(lambda x: x[order])
         logits, cache = step(params, beam_tok.reshape(rows, 1), cache, cross)
         full = pool["score"][:, -1] > neg
         hopeless = penalised(run[:, 0], t + 1) <= pool["score"][:, -1]

@@ -89,21 +89,42 @@ class WhisperConfig:
 class CrossKV:
     """Cross-attention keys/values of every decoder layer, computed once per utterance.
 
-    k, v: [decoder_layers, B, heads, 1500, head_dim] (head-major: no transposes per step).
+    k, v: tuples with one [B, heads, 1500, head_dim] array per decoder layer (head-major: no
+    transposes per step). One array per layer, not one stacked array: XLA's CPU backend copies a
+    layer's slice out of a stacked array at every step of a decoding loop (8 copies of 2.3 MB a
+    token for tiny.en at one row), where separate arrays are read in place.
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
 
 
 @struct.dataclass
 class KVCache:
-    """Preallocated self-attention cache. k, v: [decoder_layers, B, heads, max_len, head_dim];
-    index: int32 [] = positions already written (all rows share it: same prompt length)."""
+    """Preallocated self-attention cache.
 
-    k: jax.Array
-    v: jax.Array
+    k, v: tuples with one [B * heads, max_len, head_dim] array per decoder layer (row b's heads
+    at b * heads ...); index: int32 [] = positions already written (all rows share it: same
+    prompt length). One array per layer, as `CrossKV`, and batch and heads in one axis: with a
+    [B, heads, ...] layout, a batch of one row has a unit axis that XLA's CPU backend drops for
+    the attention product, and it then copies the whole cache (several times) at every step
+    instead of updating it in place.
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     index: jax.Array
+    heads: int = struct.field(pytree_node=False)
+
+    def map_rows(self, fn) -> KVCache:
+        """The cache with `fn` applied to every layer's keys and values as [B, heads, ...] arrays
+        (reordering, repeating or gathering rows)."""
+
+        def per_row(x):
+            y = fn(x.reshape(-1, self.heads, *x.shape[1:]))
+            return y.reshape(-1, *x.shape[1:])
+
+        return self.replace(k=tuple(map(per_row, self.k)), v=tuple(map(per_row, self.v)))
 
 
 def _conv(p: dict, x: jax.Array, *, stride: int) -> jax.Array:
@@ -185,7 +206,7 @@ def cross_kv(
         k, v = attn.keys_values(a, encoder_out, la, rng, heads=config.decoder_heads)
         ks.append(k)
         vs.append(v)
-    return CrossKV(k=jnp.stack(ks), v=jnp.stack(vs))
+    return CrossKV(k=tuple(ks), v=tuple(vs))
 
 
 def init_cache(config: WhisperConfig, batch: int, max_len: int, dtype: Any = jnp.float32):
@@ -193,9 +214,9 @@ def init_cache(config: WhisperConfig, batch: int, max_len: int, dtype: Any = jnp
     if max_len > config.max_target_positions:
         raise ValueError(f"max_len {max_len} > max_target_positions {config.max_target_positions}")
     heads = config.decoder_heads
-    shape = (config.decoder_layers, batch, heads, max_len, config.d_model // heads)
-    zeros = jnp.zeros(shape, dtype)
-    return KVCache(k=zeros, v=zeros, index=jnp.zeros((), jnp.int32))
+    shape = (batch * heads, max_len, config.d_model // heads)
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.decoder_layers))
+    return KVCache(k=zeros, v=zeros, index=jnp.zeros((), jnp.int32), heads=heads)
 
 
 def _cross_attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
@@ -230,7 +251,7 @@ def _decoder(
         p["embed_positions"], start, t, dtype
     )
     x = attn.dropout(x, dropout_rate, attn.fold(dropout_rng, "decoder", "embed"))
-    k_len = t if cache is None else cache.k.shape[3]
+    k_len = t if cache is None else cache.k[0].shape[1]
     mask = attn.causal_mask(t, k_len, start)
     heads = config.decoder_heads
     for i in range(config.decoder_layers):
@@ -241,13 +262,20 @@ def _decoder(
         a, la, ra = lp["self_attn"], lora_lib.sub(ll, "self_attn"), attn.fold(rng, "self_attn")
         q = attn.query(a, h, la, ra, heads=heads)
         k, v = attn.keys_values(a, h, la, ra, heads=heads)
-        if cache is not None:
-            at = (i, 0, 0, cache.index, 0)
-            ck = jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), at)
-            cv = jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), at)
-            cache = cache.replace(k=ck, v=cv)
-            k, v = ck[i].astype(dtype), cv[i].astype(dtype)
-        o = attn.attend(q, k, v, mask)
+        if cache is None:
+            o = attn.attend(q, k, v, mask)
+        else:
+            at, kept = (0, cache.index, 0), cache.k[i].dtype
+            ck = jax.lax.dynamic_update_slice(
+                cache.k[i], k.reshape(-1, *k.shape[2:]).astype(kept), at
+            )
+            cv = jax.lax.dynamic_update_slice(
+                cache.v[i], v.reshape(-1, *v.shape[2:]).astype(kept), at
+            )
+            ks, vs = list(cache.k), list(cache.v)
+            ks[i], vs[i] = ck, cv
+            cache = cache.replace(k=tuple(ks), v=tuple(vs))
+            o = attn.attend_flat(q, ck.astype(dtype), cv.astype(dtype), mask[0], heads=heads)
         x = x + attn.dropout(attn.output(a, o, la, ra), dropout_rate, attn.fold(rng, "res1"))
         # Cross-attention over the precomputed encoder keys/values.
         h = attn.layer_norm(lp["encoder_attn_layer_norm"], x)

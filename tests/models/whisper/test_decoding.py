@@ -99,6 +99,36 @@ def _loop_cut(row: list[int], repeats: int, max_period: int) -> list[int]:
     return row
 
 
+def test_phases_shrink_by_quarters_to_one_row():
+    assert decoding._phase_sizes(8) == [8, 2, 1]
+    assert decoding._phase_sizes(16) == [16, 4, 1]
+    assert decoding._phase_sizes(5) == [5, 1]
+    assert decoding._phase_sizes(1) == [1]
+
+
+def test_each_row_decodes_as_it_would_alone():
+    """The batch of 8 (rows stopping at different steps, so later phases gather the running
+    rows) gives every row the tokens and score it gets decoded on its own (batch 1, no phases)."""
+    _, params, mel = _setup()
+    batch = _greedy()
+    for i in range(BATCH):
+        alone = decoding.generate(params, mel[i : i + 1], config=H.config(), options=OPTS)
+        np.testing.assert_array_equal(np.asarray(alone.tokens)[0], np.asarray(batch.tokens)[i])
+        np.testing.assert_allclose(float(alone.scores[0]), float(batch.scores[i]), rtol=1e-5)
+
+
+def test_a_sampled_row_does_not_depend_on_its_batchmates():
+    _, params, mel = _setup()
+    hot = dataclasses.replace(OPTS, temperature=1.0)
+    key = jax.random.key(3)
+    other = mel.copy()
+    other[1:] = mel[::-1][:-1]  # row 0 kept, every other row replaced
+    a = decoding.generate(params, mel, config=H.config(), options=hot, key=key)
+    b = decoding.generate(params, other, config=H.config(), options=hot, key=key)
+    np.testing.assert_array_equal(np.asarray(a.tokens)[0], np.asarray(b.tokens)[0])
+    assert (np.asarray(a.tokens)[1:] != np.asarray(b.tokens)[1:]).any()
+
+
 def test_repetition_stop():
     opts = dataclasses.replace(OPTS, max_repeats=2, max_period=4)
     ours = _texts(_run(opts))
