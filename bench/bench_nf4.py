@@ -86,6 +86,9 @@ def main() -> None:
 
     import torch
 
+    from pqm_jax.quant import native
+
+    path = "native FFI kernel" if native.available() else "XLA (PQM_NATIVE=0 or no compiler)"
     rows = measure(args.size, args.repeats)
     if args.json:
         setting = [
@@ -94,13 +97,14 @@ def main() -> None:
             "torch threads; one warm-up call each, excluded",
             "limit: bytes moved (float32 matrix + codes + absmax, read and written once) per "
             "second over a jitted streaming copy (read x, write x + 1) of the matrix's size",
+            f"our CPU dequantise path: {path}",
         ]
         report.dump(args.json, rows, setting)
     n = args.size * args.size
     print(f"# NF4 {args.size}x{args.size}, block 64, median of {args.repeats}")
     print(
         f"# machine: {platform.machine()} {platform.processor() or ''}, jax {jax.__version__}, "
-        f"torch threads {torch.get_num_threads()}"
+        f"torch threads {torch.get_num_threads()}; our CPU dequantise path: {path}"
     )
     print(
         "| op | double quant | pqm_jax (s) | bitsandbytes (s) | speed-up (bnb/ours) | ours Mweights/s |"

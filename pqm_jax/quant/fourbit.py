@@ -11,7 +11,8 @@ Optional double quantisation stores the per-block absmax as 8-bit codes of the s
 in blocks of 256, around their mean.
 
 Dequantisation is a table lookup: each nibble indexes the 16 code values, then a multiply by the
-block's absmax.
+block's absmax. Whole tensors of whole blocks decode with a native kernel on CPU (`native`),
+bit-identical to `_lookup`, which stays the path elsewhere and for gathered rows.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from pqm_jax.quant import base
+from pqm_jax.quant import base, native
 
 BLOCK_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 ABSMAX_BLOCK = 256  # block size of the second-level (double) quantisation, as bitsandbytes
@@ -116,7 +117,8 @@ def _dequantize_absmax(codes: jax.Array, scale: jax.Array, offset: jax.Array) ->
 
     XLA's CPU backend contracts a multiply that feeds an add into one fused multiply-add in some
     fusions and not in others (an optimisation barrier does not stop it), so the same absmax
-    decoded to different bits in different programs (jitted against eager). The select below is
+    decoded to different bits in different programs (jitted against eager; the native kernel,
+    which takes absmax as an input, against the XLA path). The select below is
     a no-op on values (NaN stays NaN) that stands between the multiply and the add, and XLA does
     not contract across it.
     """
@@ -166,11 +168,12 @@ class FourBitTensor(base.QuantizedTensor):
     def dequantize(self, dtype: Any = jnp.float32) -> jax.Array:
         absmax = self.absmax_f32()
         if self._whole_blocks():
-            return (
-                _lookup(self.TABLE, self.codes, absmax, self.block_size)
-                .reshape(self.shape)
-                .astype(dtype)
+            # The native CPU kernel where it is available; `_lookup` elsewhere (same bits).
+            xla = functools.partial(_lookup, self.TABLE, block=self.block_size)
+            flat = native.decode(
+                self.codes, absmax, table=self.TABLE, block=self.block_size, xla=xla
             )
+            return flat.reshape(self.shape).astype(dtype)
         n = math.prod(self.shape)
         table = jnp.asarray(self.TABLE)
         # Two 16-entry lookups (high and low nibble), interleaved: element 2j is the high nibble.

@@ -1,0 +1,134 @@
+"""Native CPU kernel for block-wise 4-bit (NF4/FP4) dequantisation, as an XLA FFI call.
+
+Why: XLA's CPU backend turns the 16-entry code lookup into one scalar gather per element, slower
+than bitsandbytes; `nf4_cpu.cc` does 16 lookups per AVX-512 permute. The kernel is compiled on
+first use (see `build`) and registered with XLA once per process. Without a compiler, when the
+build fails, or with `PQM_NATIVE=0`, `available()` is False (logged once) and `decode` lowers the
+caller's XLA formulation instead. Results are bit-identical either way.
+
+Inside a jitted function `decode` lowers the kernel only for CPU (`lax.platform_dependent`); GPU
+and TPU get the XLA path, and a host whose default backend is not the CPU never builds the
+kernel. Under `vmap` the kernel runs once per batch element (the quantised base is normally
+unbatched); its derivative in `absmax` is the XLA path's (the decode is linear in it). Inputs
+split over an Explicit mesh axis stay on the XLA path, which keeps the split.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import pathlib
+import subprocess
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pqm_jax.quant.native import build
+
+TARGET = "pqm_four_bit_decode"
+SOURCE = pathlib.Path(__file__).with_name("nf4_cpu.cc")
+
+_log = logging.getLogger(__name__)
+_loaded = []  # the ctypes libraries whose handlers XLA holds: never unloaded
+
+XlaDecode = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+@functools.cache
+def available() -> bool:
+    """True once the kernel is built, loaded and registered; the first call does the work."""
+    if os.environ.get("PQM_NATIVE", "1") == "0":
+        _log.info("PQM_NATIVE=0: 4-bit dequantisation uses the XLA path")
+        return False
+    try:
+        lib = build.load(SOURCE, cxx=build.compiler(), cache=build.cache_dir())
+        capsule = jax.ffi.pycapsule(lib.PqmFourBitDecode)
+        jax.ffi.register_ffi_target(TARGET, capsule, platform="cpu")
+    except (OSError, AttributeError, RuntimeError, subprocess.SubprocessError) as e:
+        # One line: the compiler's last word if it spoke, else the exception.
+        said = (getattr(e, "stderr", None) or "").strip().splitlines()
+        _log.warning(
+            "native 4-bit decode unavailable, using the XLA path: %s", said[-1] if said else e
+        )
+        return False
+    _loaded.append(lib)
+    return True
+
+
+def decode(
+    codes: jax.Array,
+    absmax: jax.Array,
+    *,
+    table: np.ndarray,
+    block: int,
+    xla: XlaDecode,
+    threads: int = 0,
+) -> jax.Array:
+    """Decoded whole blocks, flat float32 [n_blocks * block].
+
+    Args:
+      codes: uint8 [n_blocks * block / 2], two codes a byte, element 2j in the high nibble.
+      absmax: float32 [n_blocks], the scale of each block.
+      table: the 16 code values (float32).
+      block: elements per block (even).
+      xla: the XLA formulation, `xla(codes, absmax)` -> the same values in any shape; lowered
+        off CPU, when the kernel is unavailable, and for inputs the kernel does not take.
+      threads: kernel threads; 0 picks by size and CPU count (tests force a split).
+    """
+    fits = (
+        codes.ndim == 1
+        and absmax.ndim == 1
+        and codes.dtype == jnp.uint8
+        and absmax.dtype == jnp.float32
+        and block % 2 == 0
+        and codes.shape[0] * 2 == absmax.shape[0] * block
+        and _unsharded_type(codes)
+        and _unsharded_type(absmax)
+    )
+    # On a GPU/TPU host the kernel would never be lowered: do not build it there.
+    if not (fits and jax.default_backend() == "cpu" and available()):
+        return xla(codes, absmax).reshape(-1)
+    key = (tuple(float(v) for v in np.asarray(table, np.float32)), int(block), int(threads))
+    return _decode(xla, key, codes, absmax)
+
+
+def _unsharded_type(x: jax.Array) -> bool:
+    """False for an array split over an Explicit mesh axis: the kernel's output would be
+    replicated where the XLA path keeps the split, and both branches must agree on the type.
+    (Auto-mode sharding is not part of the type; XLA gathers the kernel's inputs then.)"""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    return sharding is None or all(axis is None for axis in sharding.spec)
+
+
+def _kernel(key: tuple, codes: jax.Array, absmax: jax.Array) -> jax.Array:
+    table, block, threads = key
+    out = jax.ShapeDtypeStruct((codes.shape[0] * 2,), jnp.float32)
+    call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")
+    return call(
+        codes,
+        absmax,
+        jnp.asarray(np.asarray(table, np.float32)),
+        block=np.int64(block),
+        threads=np.int64(threads),
+    )
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _decode(xla: XlaDecode, key: tuple, codes: jax.Array, absmax: jax.Array) -> jax.Array:
+    return jax.lax.platform_dependent(
+        codes,
+        absmax,
+        cpu=functools.partial(_kernel, key),
+        default=lambda c, a: xla(c, a).reshape(-1),
+    )
+
+
+@_decode.defjvp
+def _decode_jvp(xla, key, primals, tangents):
+    # Linear in absmax: the tangent is the decode of absmax's tangent, taken on the XLA path,
+    # which JAX can transpose for reverse mode (the FFI call has no transpose).
+    codes, absmax = primals
+    return _decode(xla, key, codes, absmax), xla(codes, tangents[1]).reshape(-1)
