@@ -23,6 +23,14 @@ needs_kernel = pytest.mark.skipif(
     not native.available(), reason="native kernel unavailable (no C++ compiler?)"
 )
 
+
+@pytest.fixture(autouse=True)
+def _kernel_with_several_devices(monkeypatch):
+    """The suite runs with eight fake CPU devices, where the kernel is off by default (it would
+    gather sharded weights); these tests ask for it."""
+    monkeypatch.setenv("PQM_NATIVE", "1")
+
+
 CASES = [
     ((256, 512), 64),
     ((1536, 384), 32),
@@ -310,3 +318,16 @@ def test_fallback_in_a_fresh_process(tmp_path, env, message):
         dtype="float32",
     )
     np.testing.assert_array_equal(_bits(saved["out"]), _bits(_numpy_decode(q)))
+
+
+@needs_kernel
+def test_several_devices_keep_the_xla_path_unless_asked(monkeypatch):
+    """With several devices (here the suite's fake ones) a sharded weight would be gathered whole
+    into the kernel, so the XLA path is lowered by default; PQM_NATIVE=1 asks for the kernel."""
+    if jax.device_count() < 2:
+        pytest.skip("needs several (fake) devices")
+    q = nf4.quantize(np.random.default_rng(9).standard_normal((64, 128)).astype(np.float32))
+    monkeypatch.delenv("PQM_NATIVE", raising=False)
+    assert native.TARGET not in jax.jit(lambda q: q.dequantize()).lower(q).as_text()
+    monkeypatch.setenv("PQM_NATIVE", "1")
+    assert native.TARGET in jax.jit(lambda q: q.dequantize()).lower(q).as_text()

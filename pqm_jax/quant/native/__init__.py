@@ -6,7 +6,8 @@ first use (see `build`) and registered with XLA once per process. Without a comp
 build fails, or with `PQM_NATIVE=0`, `available()` is False (logged once) and `decode` lowers the
 caller's XLA formulation instead. Results are bit-identical either way.
 
-Inside a jitted function `decode` lowers the kernel only for CPU (`lax.platform_dependent`); GPU
+The kernel is used in processes with one device (`PQM_NATIVE=1` forces it with several; see
+`_one_device`). Inside a jitted function `decode` lowers it only for CPU (`lax.platform_dependent`); GPU
 and TPU get the XLA path, and a host whose default backend is not the CPU never builds the
 kernel. Under `vmap` the kernel runs once per batch element (the quantised base is normally
 unbatched); its derivative in `absmax` is the XLA path's (the decode is linear in it). Inputs
@@ -89,10 +90,21 @@ def decode(
         and _unsharded_type(absmax)
     )
     # On a GPU/TPU host the kernel would never be lowered: do not build it there.
-    if not (fits and jax.default_backend() == "cpu" and available()):
+    if not (fits and jax.default_backend() == "cpu" and _one_device() and available()):
         return xla(codes, absmax).reshape(-1)
     key = (tuple(float(v) for v in np.asarray(table, np.float32)), int(block), int(threads))
     return _decode(xla, key, codes, absmax)
+
+
+def _one_device() -> bool:
+    """True in a process with one device, or when `PQM_NATIVE=1` asks for the kernel anyway.
+
+    With several devices (a mesh, or the tests' eight fake CPU devices) a weight split over them
+    in Auto mode would be gathered whole into the kernel on every device, undoing the split that
+    the mesh is for; the XLA path keeps it. (A full-suite run with the kernel in sharded training
+    programs also aborted once while serialising one for the compilation cache; not reproduced.)
+    """
+    return os.environ.get("PQM_NATIVE") == "1" or jax.device_count() == 1
 
 
 def _unsharded_type(x: jax.Array) -> bool:
