@@ -101,8 +101,7 @@ def _one_device() -> bool:
 
     With several devices (a mesh, or the tests' eight fake CPU devices) a weight split over them
     in Auto mode would be gathered whole into the kernel on every device, undoing the split that
-    the mesh is for; the XLA path keeps it. (A full-suite run with the kernel in sharded training
-    programs also aborted once while serialising one for the compilation cache; not reproduced.)
+    the mesh is for; the XLA path keeps it.
     """
     return os.environ.get("PQM_NATIVE") == "1" or jax.device_count() == 1
 
