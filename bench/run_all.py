@@ -81,6 +81,12 @@ SECTIONS = {
         "--slots 1,16 --repeats 5",
         "--slots 1,2 --window 1 --tokens 8 --batch 1 --repeats 2",
     ),
+    "lora_products": (
+        "LoRA products by hand against autodiff of the plain formula: the 16-speaker step",
+        "bench/bench_lora_products.py",
+        "--slots 16 --repeats 5",
+        "--slots 2 --repeats 2",
+    ),
     "paged_bank": (
         "Decoding from a bank of 10,000 speakers: paged against in memory",
         "bench/bench_paged_bank.py",
