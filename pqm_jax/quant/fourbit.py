@@ -137,7 +137,15 @@ class FourBitTensor(base.QuantizedTensor):
 
     Children: `codes` uint8 [ceil(n/2)]; `absmax` float32 [n_blocks] (uint8 codes with double
     quantisation); `absmax_scale` float32 [ceil(n_blocks/256)] and `absmax_offset` float32 [] with
-    double quantisation, else None. Static: `shape`, `block_size`, `dtype`.
+    double quantisation, else None. Static: `shape`, `block_size`, `dtype`, and `scheme`, which
+    each subclass sets to its own name.
+
+    Why `scheme` is static data: in JAX 0.10 two pytree definitions of different dataclass types
+    with equal static fields compare equal (while their hashes differ), so jit's cache could hand
+    an FP4 tensor the program traced for an NF4 one of the same shape, whose table is a constant
+    in it: FP4 codes decoded with the NF4 table. It happened in about 1 of 8 runs of a test file
+    that jits the same function for both (the wip fused-matvec tests); with the scheme in the
+    static data the two definitions differ (tests/quant/test_schemes.py).
     """
 
     codes: jax.Array
@@ -147,6 +155,7 @@ class FourBitTensor(base.QuantizedTensor):
     shape: tuple[int, ...] = struct.field(pytree_node=False)
     block_size: int = struct.field(pytree_node=False)
     dtype: str = struct.field(pytree_node=False)
+    scheme: str = struct.field(pytree_node=False, default="")
 
     TABLE: ClassVar[np.ndarray]
 

@@ -41,6 +41,7 @@ class FP4Tensor(fourbit.FourBitTensor):
     """FP4 codes (uint8, two a byte) + per-block absmax; see `fourbit.FourBitTensor`."""
 
     TABLE: ClassVar[np.ndarray] = TABLE
+    scheme: str = struct.field(pytree_node=False, default="fp4")
 
 
 def quantize(x: Any, *, block_size: int = 64, double_quant: bool = False) -> FP4Tensor:

@@ -40,6 +40,7 @@ class NF4Tensor(fourbit.FourBitTensor):
     """NF4 codes (uint8, two a byte) + per-block absmax; see `fourbit.FourBitTensor`."""
 
     TABLE: ClassVar[np.ndarray] = TABLE
+    scheme: str = struct.field(pytree_node=False, default="nf4")
 
 
 def quantize(x: Any, *, block_size: int = 64, double_quant: bool = False) -> NF4Tensor:

@@ -207,3 +207,20 @@ def test_new_scheme_is_one_registration():
         assert "sign-test" in quant.registered_schemes()
     finally:
         base._SCHEMES.pop("sign-test")
+
+
+def test_schemes_of_equal_shape_have_different_tree_definitions():
+    """Two schemes' tensors of one shape must not share a pytree definition: jit keys its cache
+    on it, and a program traced for one scheme bakes in that scheme's code table. (JAX 0.10
+    compares dataclass nodes of different types as equal when their static data are equal.)"""
+    x = np.random.default_rng(0).standard_normal((64, 96)).astype(np.float32)
+    tensors = {name: base.quantize(x, name) for name in SCHEMES}
+    defs = {name: jax.tree.structure(t) for name, t in tensors.items()}
+    for a in defs:
+        for b in defs:
+            assert (defs[a] == defs[b]) == (a == b), (a, b)
+    # The same jitted function, NF4 then FP4 of one shape: each decodes with its own table.
+    f = jax.jit(lambda t: t.dequantize())
+    for name in ("nf4", "fp4"):
+        want = np.asarray(tensors[name].dequantize())
+        np.testing.assert_array_equal(np.asarray(f(tensors[name])), want)
