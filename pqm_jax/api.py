@@ -93,7 +93,7 @@ class WhisperModel:
         **kwargs: Any,
     ) -> decoding.DecodeOptions:
         """`DecodeOptions` for transcription without timestamps (kwargs: length_penalty,
-        no_repeat_ngram_size, max_repeats, max_period, predequantize)."""
+        no_repeat_ngram_size, max_repeats, max_period, predequantize, quantized_steps)."""
         tok = self.tokenizer
         return decoding.DecodeOptions(
             prompt=tuple(tok.prompt(language if tok.multilingual else None)),
@@ -157,7 +157,7 @@ class WhisperModel:
           sample_rate: rate of array inputs.
           progress: tqdm bar over batches (default: when there is more than one batch).
           **decode_kwargs: further `DecodeOptions` (length_penalty, no_repeat_ngram_size,
-            max_repeats, max_period, predequantize).
+            max_repeats, max_period, predequantize, quantized_steps).
 
         Returns:
           One string per utterance, in input order.

@@ -3,6 +3,10 @@
 Every projection of every model calls `dense`; the weight may be a plain array or any registered
 `QuantizedTensor`, and an optional LoRA adapter adds its low-rank branch without ever forming
 `W + s*B@A`. Quantisation and adaptation are therefore data, not model code.
+
+A few rows (at most `FEW_ROWS`: a decoding step) times a 4-bit weight that decoding marked
+`quant.native.matvec.Streamed` run a native CPU kernel that decodes the codes on the fly: close
+to, not bit-equal with, the product by the dequantised weight, because it sums in its own order.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 
 from pqm_jax import lora as lora_lib
 from pqm_jax.quant import base
+from pqm_jax.quant.native import matvec
 
 
 def weight(w: Any, dtype: Any) -> jax.Array:
@@ -55,7 +60,9 @@ def dense(
     Returns:
       [..., out] in x.dtype.
     """
-    y = x @ weight(w, x.dtype)
+    y = matvec.matmul(x, w.inner) if _streamed(x, w) else None
+    if y is None:
+        y = x @ weight(w, x.dtype)
     if lora is not None:
         y = y + lora_lib.branch(x, lora, rng=rng)
     if bias is not None:
@@ -70,8 +77,14 @@ def embed(ids: jax.Array, table: Any, dtype: Any = jnp.float32) -> jax.Array:
     return weight(table, dtype)[ids]
 
 
-# Rows of x up to which `attend` multiplies the table by x instead of x by the transposed table.
+# Rows of x up to which `attend` multiplies the table by x instead of x by the transposed table,
+# and `dense` and `attend` multiply 4-bit weights by the native kernel.
 FEW_ROWS = 16
+
+
+def _streamed(x: jax.Array, w: Any) -> bool:
+    """A decoding step's few rows times a weight marked for the kernel (see the module doc)."""
+    return isinstance(w, matvec.Streamed) and math.prod(x.shape[:-1]) <= FEW_ROWS
 
 
 def attend(x: jax.Array, table: Any) -> jax.Array:
@@ -82,8 +95,13 @@ def attend(x: jax.Array, table: Any) -> jax.Array:
     the transposed table (80 MB for Whisper's vocabulary at d 384) inside the product at every
     token: measured in a decoding loop of tiny.en on 2 cores, 2.8 against 2.2 ms a step for one
     row and 5.5 against 5.2 ms for eight. Many rows (training) keep `x @ table.T`, where the
-    transposed output would be the larger copy.
+    transposed output would be the larger copy. A `Streamed` 4-bit table (decoding) with few rows
+    goes to the native kernel, which reads the codes in place of the dense table.
     """
+    if _streamed(x, table):
+        y = matvec.attend(x, table.inner)
+        if y is not None:
+            return y
     w = weight(table, x.dtype)
     rows = math.prod(x.shape[:-1])
     if rows > FEW_ROWS:

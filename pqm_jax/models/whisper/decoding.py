@@ -25,10 +25,12 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from pqm_jax import layers
 from pqm_jax import lora as lora_lib
 from pqm_jax.models.whisper import model as whisper
 from pqm_jax.models.whisper import timestamps as ts_rules
 from pqm_jax.quant import base
+from pqm_jax.quant.native import matvec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +59,12 @@ class DecodeOptions:
       dtype: compute dtype name ("float32" or "bfloat16").
       predequantize: dequantise quantised weights once per call, before the token loop (else
         every step dequantises every weight it touches).
+      quantized_steps: keep 4-bit (NF4/FP4) weights quantised inside the token loop, where the
+        native CPU kernel multiplies the step's rows (at most `layers.FEW_ROWS`) by their codes
+        (`quant.native.matvec`): it reads an eighth of the float32 bytes. The encoder and cross
+        keys/values still use the dequantised weights. Tokens may differ from the dequantised
+        loop's where two candidates are near-tied (the kernel sums in another order). No effect
+        without the kernel, for other schemes, off float32, or for more rows.
       timestamp_begin: id of `<|0.00|>`: decode with timestamp tokens under Whisper's rules
         (`timestamps.bans`); the prompt must then leave out `<|notimestamps|>`. None = text only.
       max_initial_timestamp: with timestamps, the latest first timestamp (index; openai-whisper:
@@ -79,6 +87,7 @@ class DecodeOptions:
     max_period: int = 8
     dtype: str = "float32"
     predequantize: bool = True
+    quantized_steps: bool = True
     timestamp_begin: int | None = None
     max_initial_timestamp: int | None = None
     temperature: float = 0.0
@@ -211,28 +220,44 @@ def _prepare(params: Any, dtype: Any, predequantize: bool) -> Any:
     return jax.tree.map(leaf, params, is_leaf=base.is_quantized)
 
 
+def _step_params(params: Any, prepared: Any, opts: DecodeOptions, dtype: Any, rows: int) -> Any:
+    """Params of the token loop: `prepared` (from `_prepare`), except that with
+    `opts.quantized_steps` the 4-bit weights of `params` the native kernel takes stay quantised
+    (double-quantised absmax decoded once, outside the loop)."""
+    if not (opts.quantized_steps and dtype == jnp.float32 and rows <= layers.FEW_ROWS):
+        return prepared
+
+    def leaf(w, ready):
+        return matvec.stream(w) if matvec.takes(w) else ready
+
+    return jax.tree.map(leaf, params, prepared, is_leaf=base.is_quantized)
+
+
 def _lengths(tokens: jax.Array, eot: int) -> jax.Array:
     is_eot = tokens == eot
     return jnp.where(is_eot.any(1), jnp.argmax(is_eot, axis=1), tokens.shape[1]).astype(jnp.int32)
 
 
-def _start(params, mel, lora, config, opts, dtype):
-    """Encoder, cross K/V, and the prompt prefill: (params, cross, cache, last logits [B, V],
-    no-speech probability [B])."""
-    params = _prepare(params, dtype, opts.predequantize)
-    enc = whisper.encode(params, mel, config=config, lora=lora, dtype=dtype)
-    cross = whisper.cross_kv(params, enc, config=config, lora=lora)
+def _start(params, mel, lora, config, opts, dtype, rows):
+    """Encoder, cross K/V, and the prompt prefill: (params for the token loop of `rows` rows,
+    cross, cache, last logits [B, V], no-speech probability [B]). The prefill already uses the
+    loop's params: with a prompt of few rows too, no dense copy of the decoder's 4-bit weights
+    (the 51,864 x d embedding among them) is formed at all."""
+    ready = _prepare(params, dtype, opts.predequantize)
+    steps = _step_params(params, ready, opts, dtype, rows)
+    enc = whisper.encode(ready, mel, config=config, lora=lora, dtype=dtype)
+    cross = whisper.cross_kv(ready, enc, config=config, lora=lora)
     batch = mel.shape[0]
     prompt = jnp.tile(jnp.asarray(opts.prompt, jnp.int32)[None], (batch, 1))
     cache = whisper.init_cache(config, batch, len(opts.prompt) + opts.new_tokens(config), dtype)
     logits, cache = whisper.decode_step(
-        params, prompt, cache, cross, config=config, lora=lora, dtype=dtype
+        steps, prompt, cache, cross, config=config, lora=lora, dtype=dtype
     )
     if opts.no_speech is None:
         no_speech = jnp.zeros((batch,), jnp.float32)
     else:  # openai-whisper: at the start-of-transcript position, over the whole vocabulary
         no_speech = jax.nn.softmax(logits[:, 0].astype(jnp.float32), axis=-1)[:, opts.no_speech]
-    return params, cross, cache, logits[:, -1], no_speech
+    return steps, cross, cache, logits[:, -1], no_speech
 
 
 def _phase_sizes(batch: int) -> list[int]:
@@ -271,8 +296,8 @@ def _greedy(
     CTranslate2, while every shape stays static (one compiled loop per phase size). Each row's
     tokens are those of the full-batch loop: rows never interact, and sampling keys are per row."""
     dtype = jnp.dtype(opts.dtype)
-    params, cross, cache, logits, no_speech = _start(params, mel, lora, config, opts, dtype)
     batch, steps = mel.shape[0], opts.new_tokens(config)
+    params, cross, cache, logits, no_speech = _start(params, mel, lora, config, opts, dtype, batch)
 
     def body_for(lora_rows, cross_rows):
         step = functools.partial(whisper.decode_step, config=config, lora=lora_rows, dtype=dtype)
@@ -350,9 +375,9 @@ def _beam(params, mel, lora, config: whisper.WhisperConfig, opts: DecodeOptions)
     length, cannot beat the pool's worst; at the end, beams still running join the pool."""
     dtype = jnp.dtype(opts.dtype)
     k, steps, eot = opts.beam_size, opts.new_tokens(config), opts.eot
-    params, cross, cache, logits, no_speech = _start(params, mel, lora, config, opts, dtype)
     batch = mel.shape[0]
     rows = batch * k
+    params, cross, cache, logits, no_speech = _start(params, mel, lora, config, opts, dtype, rows)
     lora_rows = _repeat_bank(lora, k)
     step = functools.partial(whisper.decode_step, config=config, lora=lora_rows, dtype=dtype)
     cache = cache.map_rows(lambda x: jnp.repeat(x, k, axis=0))

@@ -12,6 +12,9 @@ and TPU get the XLA path, and a host whose default backend is not the CPU never 
 kernel. Under `vmap` the kernel runs once per batch element (the quantised base is normally
 unbatched); its derivative in `absmax` is the XLA path's (the decode is linear in it). Inputs
 split over an Explicit mesh axis stay on the XLA path, which keeps the split.
+
+`matvec` (imported on its own) holds a second kernel, 4-bit weights times a few rows decoded on
+the fly, built, cached and registered by the same machinery (`load_target`).
 """
 
 from __future__ import annotations
@@ -41,19 +44,24 @@ XlaDecode = Callable[[jax.Array, jax.Array], jax.Array]
 @functools.cache
 def available() -> bool:
     """True once the kernel is built, loaded and registered; the first call does the work."""
+    return load_target(SOURCE, "PqmFourBitDecode", TARGET, "4-bit decode")
+
+
+def load_target(source: pathlib.Path, symbol: str, target: str, what: str) -> bool:
+    """Builds and loads `source` (through the shared cache) and registers its FFI handler
+    `symbol` as the CPU target `target`. False, said in one log line naming `what`, when
+    `PQM_NATIVE=0` or the build or load fails: callers then lower their XLA formulation."""
     if os.environ.get("PQM_NATIVE", "1") == "0":
-        _log.info("PQM_NATIVE=0: 4-bit dequantisation uses the XLA path")
+        _log.info("PQM_NATIVE=0: the %s uses the XLA path", what)
         return False
     try:
-        lib = build.load(SOURCE, cxx=build.compiler(), cache=build.cache_dir())
-        capsule = jax.ffi.pycapsule(lib.PqmFourBitDecode)
-        jax.ffi.register_ffi_target(TARGET, capsule, platform="cpu")
+        lib = build.load(source, cxx=build.compiler(), cache=build.cache_dir())
+        capsule = jax.ffi.pycapsule(getattr(lib, symbol))
+        jax.ffi.register_ffi_target(target, capsule, platform="cpu")
     except (OSError, AttributeError, RuntimeError, subprocess.SubprocessError) as e:
         # One line: the compiler's last word if it spoke, else the exception.
         said = (getattr(e, "stderr", None) or "").strip().splitlines()
-        _log.warning(
-            "native 4-bit decode unavailable, using the XLA path: %s", said[-1] if said else e
-        )
+        _log.warning("native %s unavailable, using the XLA path: %s", what, said[-1] if said else e)
         return False
     _loaded.append(lib)
     return True

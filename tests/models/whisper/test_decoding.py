@@ -16,6 +16,7 @@ from pqm_jax import lora as lora_lib
 from pqm_jax.models.whisper import decoding
 from pqm_jax.models.whisper import family as whisper_family
 from pqm_jax.quant import tree as qtree
+from pqm_jax.quant.native import matvec
 
 BATCH = 8
 OPTS = decoding.DecodeOptions(
@@ -162,6 +163,23 @@ def test_nf4_weights_decode_like_their_dequantised_copy():
     b = _run(params=qtree.dequantize_tree(q))
     np.testing.assert_array_equal(a.tokens, b.tokens)
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-4)
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_nf4_fused_steps_decode_like_predequantised_weights(double_quant):
+    """The token loop on 4-bit weights (the native kernel reads their codes; the default) gives
+    the tokens of the loop on their dequantised copy, with the tied embedding quantised too."""
+    _, params, mel = _setup()
+    targets = [*whisper_family.LINEAR_TARGETS, *whisper_family.EMBEDDING_TARGETS]
+    q = qtree.quantize_tree(params, qtree.match_any(targets), "nf4", double_quant=double_quant)
+    fused = _run(params=q)
+    dense = _run(dataclasses.replace(OPTS, quantized_steps=False), params=q)
+    np.testing.assert_array_equal(fused.tokens, dense.tokens)
+    np.testing.assert_allclose(fused.scores, dense.scores, rtol=1e-4)
+    if matvec.available():
+        args = (q, mel, None, jax.random.key(0), jnp.float32(1e-6))
+        text = decoding._generate_jit.lower(*args, config=H.config(), options=OPTS).as_text()
+        assert matvec.TARGET in text
 
 
 def _is_lora(x) -> bool:
