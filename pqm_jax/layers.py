@@ -4,9 +4,10 @@ Every projection of every model calls `dense`; the weight may be a plain array o
 `QuantizedTensor`, and an optional LoRA adapter adds its low-rank branch without ever forming
 `W + s*B@A`. Quantisation and adaptation are therefore data, not model code.
 
-A few rows (at most `FEW_ROWS`: a decoding step) times a 4-bit weight that decoding marked
-`quant.native.matvec.Streamed` run a native CPU kernel that decodes the codes on the fly: close
-to, not bit-equal with, the product by the dequantised weight, because it sums in its own order.
+A few rows (at most the mark's `max_rows`: a decoding step, or a one-speaker training step) times
+a 4-bit weight marked `quant.native.matvec.Streamed` run a native CPU kernel that decodes the codes
+on the fly: close to, not bit-equal with, the product by the dequantised weight, because it sums
+in its own order.
 """
 
 from __future__ import annotations
@@ -77,14 +78,13 @@ def embed(ids: jax.Array, table: Any, dtype: Any = jnp.float32) -> jax.Array:
     return weight(table, dtype)[ids]
 
 
-# Rows of x up to which `attend` multiplies the table by x instead of x by the transposed table,
-# and `dense` and `attend` multiply 4-bit weights by the native kernel.
+# Rows of x up to which `attend` multiplies the table by x instead of x by the transposed table.
 FEW_ROWS = 16
 
 
 def _streamed(x: jax.Array, w: Any) -> bool:
-    """A decoding step's few rows times a weight marked for the kernel (see the module doc)."""
-    return isinstance(w, matvec.Streamed) and math.prod(x.shape[:-1]) <= FEW_ROWS
+    """Few rows times a weight marked for the kernel (see the module doc)."""
+    return isinstance(w, matvec.Streamed) and math.prod(x.shape[:-1]) <= w.max_rows
 
 
 def attend(x: jax.Array, table: Any) -> jax.Array:

@@ -1,14 +1,16 @@
 """Stage 3: the vmapped, sharded, chunked bank equals adapting each speaker alone in a loop."""
 
 import functools
+from unittest import mock
 
 import jax
 import numpy as np
 import pytest
 
-from pqm_jax import sharding
+from pqm_jax import jit_cache, sharding
 from pqm_jax.models.whisper import family as whisper_family
 from pqm_jax.quant import tree as qtree
+from pqm_jax.quant.native import matvec
 from pqm_jax.testing import toy
 from pqm_jax.train import adapt, optim, steps
 from pqm_jax.train import examples as ex
@@ -163,3 +165,53 @@ def test_a_dense_copy_of_the_base_gives_the_same_adapters(setup):
     (best_q, res_q), (best_d, res_d) = out
     assert [(r.best_step, r.steps) for r in res_q] == [(r.best_step, r.steps) for r in res_d]
     assert toy.tree_max_diff(best_q, best_d) == 0.0
+
+
+def _step_program_text(programs, base, lora, slots):
+    bank = jax.tree.map(lambda x: np.broadcast_to(x, (slots, *x.shape)), lora)
+    data = toy.random_batch(CONFIG, (slots, 1, 2), seed=0, tokens=8)
+    vec = [np.zeros(slots, np.int32), np.full(slots, 4, np.int32), np.full(slots, 8, np.int32)]
+    vec += [np.ones(slots, bool), np.arange(slots, dtype=np.int32)]
+    args = (bank, programs.init_opt(bank), base, data, *vec, jax.random.key(0))
+    return programs.step.lower(*args).as_text()
+
+
+def test_one_slot_multiplies_the_4bit_base_by_the_native_kernel(setup, monkeypatch):
+    """A bank of one slot on one device reads the NF4 codes with the native kernel (forward and
+    gradient products: no dense copy of those weights) and trains the adapters that the XLA
+    path trains; a bank of two keeps XLA's merged products."""
+    if not matvec.available():
+        pytest.skip("native kernel unavailable (no C++ compiler?)")
+    monkeypatch.setenv("PQM_NATIVE", "1")  # the suite's eight fake devices switch it off
+    base, lora, data = setup
+    small = {s: data[s] for s in ("ann", "cy")}
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=1), devices=jax.devices()[:1])
+
+    def run(slots):
+        jit_cache.clear()  # programs are cached per process without the kernel's switch
+        programs = adapt.compile_programs(
+            lora=lora,
+            config=STEP,
+            optimizer=OPT,
+            mesh=mesh,
+            base_shardings=sharding.base_shardings(base, mesh),
+            slots=slots,
+        )
+        text = _step_program_text(programs, base, lora, slots)
+        out = adapt.adapt(
+            lora, base, small, jax.random.key(5), config=ADAPT, optimizer=OPT, programs=programs
+        )
+        return text, out
+
+    try:
+        text, (best_k, res_k) = run(1)
+        assert matvec.TARGET in text
+        assert matvec.TARGET not in run(2)[0]
+        with mock.patch.object(matvec, "available", lambda: False):
+            text, (best_x, res_x) = run(1)
+        assert matvec.TARGET not in text
+    finally:
+        jit_cache.clear()
+    assert [(r.best_step, r.steps) for r in res_k] == [(r.best_step, r.steps) for r in res_x]
+    assert any(r.best_step > 0 for r in res_k)
+    assert 0 < toy.tree_max_diff(best_k, best_x) < 1e-4

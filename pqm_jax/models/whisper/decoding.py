@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from pqm_jax import layers
 from pqm_jax import lora as lora_lib
 from pqm_jax.models.whisper import model as whisper
 from pqm_jax.models.whisper import timestamps as ts_rules
@@ -60,7 +59,7 @@ class DecodeOptions:
       predequantize: dequantise quantised weights once per call, before the token loop (else
         every step dequantises every weight it touches).
       quantized_steps: keep 4-bit (NF4/FP4) weights quantised inside the token loop, where the
-        native CPU kernel multiplies the step's rows (at most `layers.FEW_ROWS`) by their codes
+        native CPU kernel multiplies the step's rows (at most `matvec.DECODE_ROWS`) by their codes
         (`quant.native.matvec`): it reads an eighth of the float32 bytes. The encoder and cross
         keys/values still use the dequantised weights. Tokens may differ from the dequantised
         loop's where two candidates are near-tied (the kernel sums in another order). No effect
@@ -224,7 +223,7 @@ def _step_params(params: Any, prepared: Any, opts: DecodeOptions, dtype: Any, ro
     """Params of the token loop: `prepared` (from `_prepare`), except that with
     `opts.quantized_steps` the 4-bit weights of `params` the native kernel takes stay quantised
     (double-quantised absmax decoded once, outside the loop)."""
-    if not (opts.quantized_steps and dtype == jnp.float32 and rows <= layers.FEW_ROWS):
+    if not (opts.quantized_steps and dtype == jnp.float32 and rows <= matvec.DECODE_ROWS):
         return prepared
 
     def leaf(w, ready):

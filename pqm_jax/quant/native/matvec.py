@@ -14,10 +14,19 @@ in its own order (fused multiply-adds per lane, then across lanes), so results a
 `x @ w.dequantize()`, not bit-equal, as any two matrix-product implementations are.
 
 Inside a jitted function the kernel is lowered only for CPU (`lax.platform_dependent`); other
-backends get the XLA product. Without the kernel (no compiler, `PQM_NATIVE=0`), off a CPU host,
+backends get the XLA product. As for the decode kernel, a process with several devices keeps the
+XLA product unless `PQM_NATIVE=1` asks for the kernel (`native._one_device`). Without the kernel (no compiler, `PQM_NATIVE=0`), off a CPU host,
 and for inputs it does not take, `matmul` and `attend` return None and callers keep their own
-product. Derivatives (in x, and in a float absmax) are the XLA product's, which JAX can transpose;
-under `vmap` the kernel runs once per batch element.
+product. Reverse mode only (a custom VJP; training and decoding need no forward mode): the gradient
+in x is the kernel's product in the other layout (dy @ W.T), so a training step never forms a
+dense copy of the weight; the gradient in a float absmax is the XLA product's. Under `vmap` the
+kernel runs once per batch element.
+
+Training marks its 4-bit weights `Streamed(max_rows=TRAIN_ROWS)` when it adapts one speaker at a
+time on one device (`train.adapt`): a step's 32 decoder rows then read the 51,864 x 384 codes of the
+tied embedding twice (logits, and their gradient) instead of decoding 80 MB of float32 and
+multiplying it twice (on 2 cores: 19 against 27 ms at 32 rows, 37 against 43 ms at 64, and worse
+than the dense path at 128, where the product is compute-bound).
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ TARGET = "pqm_four_bit_matvec"
 SOURCE = pathlib.Path(__file__).with_name("matvec_cpu.cc")
 IN_OUT, OUT_IN = 0, 1  # x @ W [in, out] as stored; x @ T[out, in].T (rows of T are dot products)
 _CHUNK = 32  # elements of one load of codes in the kernel: blocks and rows must hold whole ones
+DECODE_ROWS = 16  # rows up to which `layers` multiplies a decoding step's weights by the kernel
+TRAIN_ROWS = 64  # the same for a training step's weights (forward and gradient products)
 
 
 @functools.cache
@@ -73,10 +84,11 @@ def takes(w: Any) -> bool:
 
 @struct.dataclass
 class Streamed(base.QuantizedTensor):
-    """A 4-bit weight that `layers.dense` / `layers.attend` multiply by few rows with the kernel;
-    everything else sees `inner` (dequantise, embedding rows)."""
+    """A 4-bit weight that `layers.dense` / `layers.attend` multiply by at most `max_rows` rows
+    with the kernel; everything else sees `inner` (dequantise, embedding rows)."""
 
     inner: Any
+    max_rows: int = struct.field(pytree_node=False, default=DECODE_ROWS)
 
     @property
     def shape(self) -> tuple[int, ...]:  # type: ignore[override]
@@ -93,10 +105,16 @@ class Streamed(base.QuantizedTensor):
         return self.inner.rows(ids, dtype)
 
 
-def stream(w: Any) -> Any:
+def stream(w: Any, max_rows: int = DECODE_ROWS) -> Any:
     """`w` marked `Streamed` (its double-quantised absmax decoded once) when the kernel takes it
     on this host; else `w` unchanged."""
-    return Streamed(inner=with_float_absmax(w)) if takes(w) else w
+    return Streamed(inner=with_float_absmax(w), max_rows=max_rows) if takes(w) else w
+
+
+def stream_tree(tree: Any, max_rows: int) -> Any:
+    """Every 4-bit weight of `tree` that the kernel takes marked `Streamed` for up to `max_rows`
+    rows; other leaves unchanged."""
+    return jax.tree.map(lambda w: stream(w, max_rows), tree, is_leaf=base.is_quantized)
 
 
 def with_float_absmax(w: Any) -> Any:
@@ -133,8 +151,9 @@ def _fits_weight(q: fourbit.FourBitTensor) -> bool:
 
 
 def _kernel_host() -> bool:
-    # On a GPU/TPU host the kernel would never be lowered: do not build it there.
-    return jax.default_backend() == "cpu" and available()
+    # On a GPU/TPU host the kernel would never be lowered: do not build it there. With several
+    # devices a split weight would be gathered whole into the kernel (see `native._one_device`).
+    return jax.default_backend() == "cpu" and native._one_device() and available()
 
 
 def _product(x: jax.Array, q: fourbit.FourBitTensor, layout: int, threads: int):
@@ -185,7 +204,7 @@ def _kernel(key: tuple, x: jax.Array, codes: jax.Array, absmax: jax.Array) -> ja
     )
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _fused(key: tuple, x: jax.Array, codes: jax.Array, absmax: jax.Array) -> jax.Array:
     return jax.lax.platform_dependent(
         x,
@@ -196,19 +215,25 @@ def _fused(key: tuple, x: jax.Array, codes: jax.Array, absmax: jax.Array) -> jax
     )
 
 
-def _fused_jvp(key, primals, tangents):
-    # The tangent is the XLA product's (the FFI call has no transpose rule for reverse mode).
-    x, codes, absmax = primals
-    dx, _, da = tangents
-    y = _fused(key, x, codes, absmax)
-    zero = jax.custom_derivatives.SymbolicZero
-    if isinstance(da, zero):
-        if isinstance(dx, zero):
-            return y, jnp.zeros_like(y)
-        return y, _xla(key, dx, codes, absmax)  # linear in x
-    dx = jnp.zeros_like(x) if isinstance(dx, zero) else dx
-    _, dy = jax.jvp(lambda x, a: _xla(key, x, codes, a), (x, absmax), (dx, da))
-    return y, dy
+def _flipped(key: tuple) -> tuple:
+    """The key of the product by the same stored weight in the other layout (W.T for W)."""
+    table, block, shape, layout, threads = key
+    return (table, block, shape, OUT_IN if layout == IN_OUT else IN_OUT, threads)
 
 
-_fused.defjvp(_fused_jvp, symbolic_zeros=True)
+def _fused_fwd(key, x, codes, absmax):
+    return _fused(key, x, codes, absmax), (x, codes, absmax)
+
+
+def _fused_bwd(key, res, dy):
+    # In x: dy @ W.T, the kernel in the other layout, so reverse mode never forms the dense
+    # weight. In a float absmax: the XLA product's cotangent (its dense x.T @ dy is dropped by
+    # XLA when nothing uses it: a frozen base).
+    x, codes, absmax = res
+    dx = _fused(_flipped(key), dy, codes, absmax)
+    _, pull = jax.vjp(lambda a: _xla(key, x, codes, a), absmax)
+    (da,) = pull(dy)
+    return dx, np.zeros(codes.shape, jax.dtypes.float0), da
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
