@@ -144,6 +144,17 @@ def test_single_programs_match_vmapped(setup):
         assert toy.tree_max_diff(best[s], ref_best) < 1e-6
 
 
+def _programs(lora, base, mesh, *, slots):
+    return adapt.compile_programs(
+        lora=lora,
+        config=STEP,
+        optimizer=OPT,
+        mesh=mesh,
+        base_shardings=sharding.base_shardings(base, mesh),
+        slots=slots,
+    )
+
+
 def test_a_dense_copy_of_the_base_gives_the_same_adapters(setup):
     """stage3.dense_base: decoding the NF4 base once, outside the step, changes no adapter."""
     base, lora, data = setup
@@ -153,14 +164,7 @@ def test_a_dense_copy_of_the_base_gives_the_same_adapters(setup):
     dense = jax.jit(qtree.dequantize_tree)(base)
     out = []
     for b in (base, dense):
-        programs = adapt.compile_programs(
-            lora=lora,
-            config=STEP,
-            optimizer=OPT,
-            mesh=mesh,
-            base_shardings=sharding.base_shardings(b, mesh),
-            slots=4,
-        )
+        programs = _programs(lora, b, mesh, slots=4)
         out.append(adapt.adapt(lora, b, small, key, config=ADAPT, optimizer=OPT, programs=programs))
     (best_q, res_q), (best_d, res_d) = out
     assert [(r.best_step, r.steps) for r in res_q] == [(r.best_step, r.steps) for r in res_d]
@@ -189,14 +193,7 @@ def test_one_slot_multiplies_the_4bit_base_by_the_native_kernel(setup, monkeypat
 
     def run(slots):
         jit_cache.clear()  # programs are cached per process without the kernel's switch
-        programs = adapt.compile_programs(
-            lora=lora,
-            config=STEP,
-            optimizer=OPT,
-            mesh=mesh,
-            base_shardings=sharding.base_shardings(base, mesh),
-            slots=slots,
-        )
+        programs = _programs(lora, base, mesh, slots=slots)
         text = _step_program_text(programs, base, lora, slots)
         out = adapt.adapt(
             lora, base, small, jax.random.key(5), config=ADAPT, optimizer=OPT, programs=programs
