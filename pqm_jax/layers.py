@@ -95,8 +95,9 @@ def attend(x: jax.Array, table: Any) -> jax.Array:
     the transposed table (80 MB for Whisper's vocabulary at d 384) inside the product at every
     token: measured in a decoding loop of tiny.en on 2 cores, 2.8 against 2.2 ms a step for one
     row and 5.5 against 5.2 ms for eight. Many rows (training) keep `x @ table.T`, where the
-    transposed output would be the larger copy. A `Streamed` 4-bit table (decoding) with few rows
-    goes to the native kernel, which reads the codes in place of the dense table.
+    transposed output would be the larger copy. A `Streamed` 4-bit table (decoding, one-speaker
+    training) with at most its `max_rows` rows goes to the native kernel, which reads the codes in
+    place of the dense table.
     """
     if _streamed(x, table):
         y = matvec.attend(x, table.inner)

@@ -15,9 +15,11 @@ in its own order (fused multiply-adds per lane, then across lanes), so results a
 
 Inside a jitted function the kernel is lowered only for CPU (`lax.platform_dependent`); other
 backends get the XLA product. As for the decode kernel, a process with several devices keeps the
-XLA product unless `PQM_NATIVE=1` asks for the kernel (`native._one_device`). Without the kernel (no compiler, `PQM_NATIVE=0`), off a CPU host,
-and for inputs it does not take, `matmul` and `attend` return None and callers keep their own
-product. Reverse mode only (a custom VJP; training and decoding need no forward mode): the gradient
+XLA product unless `PQM_NATIVE=1` asks for the kernel (`native._one_device`). Without the kernel
+(no compiler, `PQM_NATIVE=0`), off a CPU host, and for inputs it does not take, `matmul` and
+`attend` return None and callers keep their own product.
+
+Reverse mode only (a custom VJP; training and decoding need no forward mode): the gradient
 in x is the kernel's product in the other layout (dy @ W.T), so a training step never forms a
 dense copy of the weight; the gradient in a float absmax is the XLA product's. Under `vmap` the
 kernel runs once per batch element.
