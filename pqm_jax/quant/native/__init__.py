@@ -25,6 +25,7 @@ import os
 import pathlib
 import subprocess
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -122,17 +123,22 @@ def _unsharded_type(x: jax.Array) -> bool:
     return sharding is None or all(axis is None for axis in sharding.spec)
 
 
+def call_kernel(
+    target: str, shape: tuple[int, ...], *arrays: jax.Array, table: Any, **attrs: int
+) -> jax.Array:
+    """The FFI call of a 4-bit kernel registered as `target`: float32 output of `shape`; the
+    arguments `arrays`, then the 16 code values `table` as a float32 array; integer attributes
+    passed as int64. Under `vmap` it runs once per batch element."""
+    out = jax.ShapeDtypeStruct(shape, jnp.float32)
+    call = jax.ffi.ffi_call(target, out, vmap_method="sequential")
+    ints = {name: np.int64(value) for name, value in attrs.items()}
+    return call(*arrays, jnp.asarray(np.asarray(table, np.float32)), **ints)
+
+
 def _kernel(key: tuple, codes: jax.Array, absmax: jax.Array) -> jax.Array:
     table, block, threads = key
-    out = jax.ShapeDtypeStruct((codes.shape[0] * 2,), jnp.float32)
-    call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")
-    return call(
-        codes,
-        absmax,
-        jnp.asarray(np.asarray(table, np.float32)),
-        block=np.int64(block),
-        threads=np.int64(threads),
-    )
+    shape = (codes.shape[0] * 2,)
+    return call_kernel(TARGET, shape, codes, absmax, table=table, block=block, threads=threads)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))

@@ -193,17 +193,8 @@ def _xla(key: tuple, x: jax.Array, codes: jax.Array, absmax: jax.Array) -> jax.A
 def _kernel(key: tuple, x: jax.Array, codes: jax.Array, absmax: jax.Array) -> jax.Array:
     table, block, shape, layout, threads = key
     n = shape[1] if layout == IN_OUT else shape[0]
-    out = jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32)
-    call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")
-    return call(
-        x,
-        codes,
-        absmax,
-        jnp.asarray(np.asarray(table, np.float32)),
-        block=np.int64(block),
-        layout=np.int64(layout),
-        threads=np.int64(threads),
-    )
+    attrs = {"block": block, "layout": layout, "threads": threads}
+    return native.call_kernel(TARGET, (x.shape[0], n), x, codes, absmax, table=table, **attrs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
