@@ -20,7 +20,8 @@ RTF = seconds of compute / seconds of audio (lower is faster). `--json FILE` als
 
 Engines: jax (float32, batch `--batch`), jax-b1 (batch 1), jax-nf4 (NF4 linears + embedding),
 jax-nf4-b1, jax-nf4-guard (same, with the repetition stop max_repeats=4), jax-nf4-stepdequant
-(NF4 without the explicit dequantise-once; XLA hoists it anyway), hf / hf-b1 (transformers,
+(NF4 without the explicit dequantise-once; XLA hoists it anyway), jax-xla / jax-xla-b1 (float32
+with the step's attention and logits left to XLA: `DecodeOptions.native_steps` off), hf / hf-b1 (transformers,
 float32), ct2 / ct2-b1 / ct2-int8 / ct2-int8-b1 (CTranslate2). Default: all but the -stepdequant.
 The WER column scores digit words (`normalize.normalize_digits`).
 """
@@ -57,6 +58,8 @@ LABELS = {
     "jax-nf4-b1": "pqm-jax NF4, batch 1",
     "jax-nf4-guard": "pqm-jax NF4 + repetition guard",
     "jax-nf4-stepdequant": "pqm-jax NF4, dequantise per step",
+    "jax-xla": "pqm-jax float32, XLA products in the step",
+    "jax-xla-b1": "pqm-jax float32, XLA products in the step, batch 1",
     "hf": "transformers float32",
     "hf-b1": "transformers float32, batch 1",
     "ct2": "CTranslate2 float32",
@@ -73,6 +76,8 @@ PAIRS = (
     ("jax-nf4", "ct2-int8"),
     ("jax-nf4-b1", "ct2-int8-b1"),
     ("jax-nf4-guard", "ct2-int8"),
+    ("jax", "jax-xla"),
+    ("jax-b1", "jax-xla-b1"),
 )
 
 
@@ -281,6 +286,10 @@ def _make(engine: str, s: Setup, batch: int, max_new: int, threads: int) -> Call
             return _jax_engine(s, batch, max_new, "nf4", predequantize=False)
         if engine == "jax-b1":
             return _jax_engine(s, 1, max_new, None)
+        if engine == "jax-xla":  # the decoding step's products all XLA's (no float32 kernel)
+            return _jax_engine(s, batch, max_new, None, native_steps=False)
+        if engine == "jax-xla-b1":
+            return _jax_engine(s, 1, max_new, None, native_steps=False)
         if engine == "hf":
             return _hf_engine(s, batch, max_new, threads)
         if engine == "hf-b1":

@@ -22,6 +22,7 @@ import numpy as np
 from pqm_jax import lora as lora_lib
 from pqm_jax.quant import base
 from pqm_jax.quant.native import matvec
+from pqm_jax.quant.native import rows as native_rows
 
 
 def weight(w: Any, dtype: Any) -> jax.Array:
@@ -87,7 +88,7 @@ def _streamed(x: jax.Array, w: Any) -> bool:
     return isinstance(w, matvec.Streamed) and math.prod(x.shape[:-1]) <= w.max_rows
 
 
-def attend(x: jax.Array, table: Any) -> jax.Array:
+def attend(x: jax.Array, table: Any, *, native: bool = False) -> jax.Array:
     """Logits against a tied embedding table: x [..., d] @ table[vocab, d].T -> [..., vocab].
 
     For a few rows (a decoding step) the product is formed as (table @ x.T).T: a matrix-vector
@@ -97,7 +98,8 @@ def attend(x: jax.Array, table: Any) -> jax.Array:
     row and 5.5 against 5.2 ms for eight. Many rows (training) keep `x @ table.T`, where the
     transposed output would be the larger copy. A `Streamed` 4-bit table (decoding, one-speaker
     training) with at most its `max_rows` rows goes to the native kernel, which reads the codes in
-    place of the dense table.
+    place of the dense table. With `native` (a decoding step; no derivatives), a float32 table and
+    few rows go to the float32 kernel (`quant.native.rows`).
     """
     if _streamed(x, table):
         y = matvec.attend(x, table.inner)
@@ -108,7 +110,10 @@ def attend(x: jax.Array, table: Any) -> jax.Array:
     if rows > FEW_ROWS:
         return x @ w.T
     flat = x.reshape(rows, x.shape[-1])
-    return (w @ flat.T).T.reshape(*x.shape[:-1], w.shape[0])
+    y = native_rows.product(flat[None], w[None], transposed=True) if native else None
+    if y is None:
+        y = (w @ flat.T).T
+    return y.reshape(*x.shape[:-1], w.shape[0])
 
 
 def conv1d(

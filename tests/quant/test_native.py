@@ -24,11 +24,7 @@ needs_kernel = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True)
-def _kernel_with_several_devices(monkeypatch):
-    """The suite runs with eight fake CPU devices, where the kernel is off by default (it would
-    gather sharded weights); these tests ask for it."""
-    monkeypatch.setenv("PQM_NATIVE", "1")
+pytestmark = pytest.mark.usefixtures("native_kernels")  # tests/quant/conftest.py
 
 
 CASES = [

@@ -28,11 +28,7 @@ needs_kernel = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True)
-def _kernel_with_several_devices(monkeypatch):
-    """The suite runs with eight fake CPU devices, where the kernel is off by default (it would
-    gather split weights); these tests ask for it."""
-    monkeypatch.setenv("PQM_NATIVE", "1")
+pytestmark = pytest.mark.usefixtures("native_kernels")  # tests/quant/conftest.py
 
 
 # (rows, in K, out N); weights [K, N] ("in-out") or stored [N, K] ("out-in", PyTorch's layout).

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from pqm_jax import layers
 from pqm_jax import lora as lora_lib
+from pqm_jax.quant.native import rows as native_rows
 
 LN_EPS = 1e-5
 # Query x key positions from which unmasked attention runs head by head (see _attend_per_head).
@@ -75,7 +76,9 @@ def from_heads(x: jax.Array) -> jax.Array:
     return x.transpose(0, 2, 1, 3).reshape(b, t, h * c)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+def attend(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *, native: bool = False
+) -> jax.Array:
     """Softmax attention over projected queries that are already scaled by head_dim**-0.5.
 
     Keys and values are head-major, so that both products are plain batched matrix products
@@ -85,11 +88,17 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> 
       q: [B, Tq, d] queries (HF scales the q projection before the dot product; so do we).
       k, v: [B, heads, Tk, head_dim].
       mask: boolean, broadcastable to [B, heads, Tq, Tk] (True = may attend), or None.
+      native: a decoding step's few queries (see `_attend_rows`); no derivatives then.
 
     Returns:
       [B, Tq, d]; scores and softmax in float32, output in v.dtype.
     """
     qh = to_heads(q, k.shape[1])
+    if native and mask is None:
+        b, h, tq, c = qh.shape
+        o = _attend_rows(qh.reshape(b * h, tq, c), _flat(k), _flat(v), None)
+        if o is not None:
+            return from_heads(o.reshape(b, h, tq, c))
     if mask is None and qh.shape[2] * k.shape[2] >= LONG_ATTENTION:
         return from_heads(_attend_per_head(qh, k, v))
     s = jnp.einsum("bhqc,bhkc->bhqk", qh, k, preferred_element_type=jnp.float32)
@@ -100,19 +109,51 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> 
 
 
 def attend_flat(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *, heads: int
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None,
+    *,
+    heads: int,
+    native: bool = False,
 ) -> jax.Array:
     """`attend` with keys and values as [B * heads, Tk, head_dim] (a decoding cache's layout):
     the same products and softmax per (row, head), with batch and heads as one axis throughout.
     mask: boolean, broadcastable to [B * heads, Tq, Tk], or None."""
     b, tq, d = q.shape
     qh = to_heads(q, heads).reshape(b * heads, tq, d // heads)
-    s = jnp.einsum("nqc,nkc->nqk", qh, k, preferred_element_type=jnp.float32)
+    o = _attend_rows(qh, k, v, mask) if native else None
+    if o is None:
+        s = jnp.einsum("nqc,nkc->nqk", qh, k, preferred_element_type=jnp.float32)
+        if mask is not None:
+            s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
+        w = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+        o = jnp.einsum("nqk,nkc->nqc", w, v)
+    return from_heads(o.reshape(b, heads, tq, d // heads))
+
+
+def _flat(x: jax.Array) -> jax.Array:
+    """[B, heads, T, c] -> [B * heads, T, c] (a free reshape)."""
+    return x.reshape(-1, *x.shape[2:])
+
+
+def _attend_rows(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None
+) -> jax.Array | None:
+    """Attention of a few queries per (row, head) by the native CPU kernel (`quant.native.rows`):
+    q [G, Tq, c], k, v [G, Tk, c] -> [G, Tq, c], or None where the kernel does not take them.
+
+    A decoding step reads every cached key and value once for one query; XLA's CPU dot first
+    copies them (packing), so the kernel halves the bytes moved. Scores and softmax stay XLA's,
+    in float32; the products sum in the kernel's order, so results are close, not bit-equal."""
+    if q.shape[1] > native_rows.MAX_ROWS:
+        return None
+    s = native_rows.product(q, k, transposed=True)
+    if s is None:
+        return None
     if mask is not None:
         s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
-    w = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    o = jnp.einsum("nqk,nkc->nqc", w, v)
-    return from_heads(o.reshape(b, heads, tq, d // heads))
+    return native_rows.product(jax.nn.softmax(s, axis=-1), v, transposed=False)
 
 
 def _attend_per_head(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:

@@ -64,6 +64,11 @@ class DecodeOptions:
         keys/values still use the dequantised weights. Tokens may differ from the dequantised
         loop's where two candidates are near-tied (the kernel sums in another order). No effect
         without the kernel, for other schemes, off float32, or for more rows.
+      native_steps: multiply the prefill's and the token loop's few rows by the cached keys and
+        values and by a float32 tied embedding with the native CPU kernel (`quant.native.rows`),
+        which reads each of them once where XLA's dot copies it first. Tokens may differ from
+        XLA's products where two candidates are near-tied (the kernel sums in another order).
+        No effect without the kernel, off a CPU host with one device, or off float32.
       timestamp_begin: id of `<|0.00|>`: decode with timestamp tokens under Whisper's rules
         (`timestamps.bans`); the prompt must then leave out `<|notimestamps|>`. None = text only.
       max_initial_timestamp: with timestamps, the latest first timestamp (index; openai-whisper:
@@ -87,6 +92,7 @@ class DecodeOptions:
     dtype: str = "float32"
     predequantize: bool = True
     quantized_steps: bool = True
+    native_steps: bool = True
     timestamp_begin: int | None = None
     max_initial_timestamp: int | None = None
     temperature: float = 0.0
@@ -250,7 +256,7 @@ def _start(params, mel, lora, config, opts, dtype, rows):
     prompt = jnp.tile(jnp.asarray(opts.prompt, jnp.int32)[None], (batch, 1))
     cache = whisper.init_cache(config, batch, len(opts.prompt) + opts.new_tokens(config), dtype)
     logits, cache = whisper.decode_step(
-        steps, prompt, cache, cross, config=config, lora=lora, dtype=dtype
+        steps, prompt, cache, cross, config=config, lora=lora, dtype=dtype, native=opts.native_steps
     )
     if opts.no_speech is None:
         no_speech = jnp.zeros((batch,), jnp.float32)
@@ -299,7 +305,13 @@ def _greedy(
     params, cross, cache, logits, no_speech = _start(params, mel, lora, config, opts, dtype, batch)
 
     def body_for(lora_rows, cross_rows):
-        step = functools.partial(whisper.decode_step, config=config, lora=lora_rows, dtype=dtype)
+        step = functools.partial(
+            whisper.decode_step,
+            config=config,
+            lora=lora_rows,
+            dtype=dtype,
+            native=opts.native_steps,
+        )
 
         def body(s):
             t = s["t"]
@@ -378,7 +390,13 @@ def _beam(params, mel, lora, config: whisper.WhisperConfig, opts: DecodeOptions)
     rows = batch * k
     params, cross, cache, logits, no_speech = _start(params, mel, lora, config, opts, dtype, rows)
     lora_rows = _repeat_bank(lora, k)
-    step = functools.partial(whisper.decode_step, config=config, lora=lora_rows, dtype=dtype)
+    step = functools.partial(
+        whisper.decode_step,
+        config=config,
+        lora=lora_rows,
+        dtype=dtype,
+        native=opts.native_steps,
+    )
     cache = cache.map_rows(lambda x: jnp.repeat(x, k, axis=0))
     neg = jnp.float32(-jnp.inf)
 

@@ -219,13 +219,13 @@ def init_cache(config: WhisperConfig, batch: int, max_len: int, dtype: Any = jnp
     return KVCache(k=zeros, v=zeros, index=jnp.zeros((), jnp.int32), heads=heads)
 
 
-def _cross_attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+def _cross_attend(q: jax.Array, k: jax.Array, v: jax.Array, native: bool) -> jax.Array:
     """Cross-attention; q [B * n, T, d] may hold n hypotheses (beams) per row of k, v [B, H, S,
     hd], grouped by row (hypothesis j of row b at b * n + j): they share keys without copies."""
     rows, t, d = q.shape
     if rows == k.shape[0]:
-        return attn.attend(q, k, v, None)
-    o = attn.attend(q.reshape(k.shape[0], -1, d), k, v, None)
+        return attn.attend(q, k, v, None, native=native)
+    o = attn.attend(q.reshape(k.shape[0], -1, d), k, v, None, native=native)
     return o.reshape(rows, t, d)
 
 
@@ -241,9 +241,11 @@ def _decoder(
     dropout_rng: jax.Array | None,
     dropout_rate: float,
     collect: list | None = None,
+    native: bool = False,
 ) -> tuple[jax.Array, KVCache | None]:
     """Decoder stack on `tokens` [B, T]; with a cache, they sit at positions cache.index + t.
-    `collect` (a list) receives each layer's cross-attention weights [B, H, T, S]."""
+    `collect` (a list) receives each layer's cross-attention weights [B, H, T, S]. `native`: a
+    decoding step's attention and logits by the float32 CPU kernel (see `decode_step`)."""
     p, lo = params["decoder"], lora_lib.sub(lora, "decoder")
     t = tokens.shape[1]
     start = jnp.zeros((), jnp.int32) if cache is None else cache.index
@@ -275,7 +277,9 @@ def _decoder(
             ks, vs = list(cache.k), list(cache.v)
             ks[i], vs[i] = ck, cv
             cache = cache.replace(k=tuple(ks), v=tuple(vs))
-            o = attn.attend_flat(q, ck.astype(dtype), cv.astype(dtype), mask[0], heads=heads)
+            o = attn.attend_flat(
+                q, ck.astype(dtype), cv.astype(dtype), mask[0], heads=heads, native=native
+            )
         x = x + attn.dropout(attn.output(a, o, la, ra), dropout_rate, attn.fold(rng, "res1"))
         # Cross-attention over the precomputed encoder keys/values.
         h = attn.layer_norm(lp["encoder_attn_layer_norm"], x)
@@ -284,13 +288,13 @@ def _decoder(
         if collect is not None:
             s = jnp.einsum("bhqc,bhkc->bhqk", attn.to_heads(q, heads), cross.k[i].astype(dtype))
             collect.append(jax.nn.softmax(s.astype(jnp.float32), axis=-1))
-        o = _cross_attend(q, cross.k[i].astype(dtype), cross.v[i].astype(dtype))
+        o = _cross_attend(q, cross.k[i].astype(dtype), cross.v[i].astype(dtype), native)
         x = x + attn.dropout(attn.output(a, o, la, ra), dropout_rate, attn.fold(rng, "res2"))
         # MLP.
         h = attn.mlp(lp, attn.layer_norm(lp["final_layer_norm"], x), ll, rng, dropout_rate)
         x = x + attn.dropout(h, dropout_rate, attn.fold(rng, "res3"))
     x = attn.layer_norm(p["layer_norm"], x)
-    logits = layers.attend(x, p["embed_tokens"]).astype(jnp.float32)
+    logits = layers.attend(x, p["embed_tokens"], native=native).astype(jnp.float32)
     if cache is not None:
         cache = cache.replace(index=cache.index + t)
     return logits, cache
@@ -372,12 +376,17 @@ def decode_step(
     config: WhisperConfig,
     lora: Any = None,
     dtype: Any = jnp.float32,
+    native: bool = False,
 ) -> tuple[jax.Array, KVCache]:
     """Incremental decoding: `tokens` [N, T] (T = prompt length for the prefill, then 1) at
     positions cache.index.. of every row; returns (logits [N, T, vocab] float32, updated cache).
 
     N is the batch B of `cross` or a multiple B * n (n hypotheses per utterance, grouped by
     utterance, as in beam search); `cache` and any per-example LoRA bank then have N rows.
+    `native`: multiply the step's few rows by the cached keys and values and the float32 tied
+    embedding with the CPU kernel of `quant.native.rows` where it takes them (it reads each
+    matrix once; XLA's dot copies it first). Close to the XLA products, not bit-equal; no
+    derivatives.
     """
     return _decoder(
         params,
@@ -389,6 +398,7 @@ def decode_step(
         dtype=dtype,
         dropout_rng=None,
         dropout_rate=0.0,
+        native=native,
     )
 
 

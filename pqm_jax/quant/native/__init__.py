@@ -124,15 +124,17 @@ def _unsharded_type(x: jax.Array) -> bool:
 
 
 def call_kernel(
-    target: str, shape: tuple[int, ...], *arrays: jax.Array, table: Any, **attrs: int
+    target: str, shape: tuple[int, ...], *arrays: jax.Array, table: Any = None, **attrs: int
 ) -> jax.Array:
-    """The FFI call of a 4-bit kernel registered as `target`: float32 output of `shape`; the
-    arguments `arrays`, then the 16 code values `table` as a float32 array; integer attributes
-    passed as int64. Under `vmap` it runs once per batch element."""
+    """The FFI call of a kernel registered as `target`: float32 output of `shape`; the arguments
+    `arrays`, then (4-bit kernels) the 16 code values `table` as a float32 array; integer
+    attributes passed as int64. Under `vmap` it runs once per batch element."""
     out = jax.ShapeDtypeStruct(shape, jnp.float32)
     call = jax.ffi.ffi_call(target, out, vmap_method="sequential")
     ints = {name: np.int64(value) for name, value in attrs.items()}
-    return call(*arrays, jnp.asarray(np.asarray(table, np.float32)), **ints)
+    if table is not None:
+        arrays = (*arrays, jnp.asarray(np.asarray(table, np.float32)))
+    return call(*arrays, **ints)
 
 
 def _kernel(key: tuple, codes: jax.Array, absmax: jax.Array) -> jax.Array:

@@ -1,8 +1,9 @@
 """Compiles a native kernel once per machine and loads it, through a cache shared by processes.
 
-The library is keyed on everything that changes its code: the source, the compiler and its flags,
-the jax/jaxlib versions (the FFI headers) and the CPU's feature flags (`-march=native`), so a copied
-cache on another machine rebuilds instead of crashing on an illegal instruction. Builds write a
+The library is keyed on everything that changes its code: the source and the headers beside it
+(`kernels.h`), the compiler and its flags, the jax/jaxlib versions (the FFI headers) and the CPU's
+feature flags (`-march=native`), so a copied cache on another machine rebuilds instead of crashing
+on an illegal instruction. Builds write a
 temporary file and `os.replace` it into place, so processes racing on one cache see either no
 library or a whole one.
 """
@@ -64,6 +65,8 @@ def library_path(
 ) -> pathlib.Path:
     """Where the library built from `source` by `cxx` with `flags` lives in `cache`."""
     h = hashlib.sha256(source.read_bytes())
+    for header in sorted(source.parent.glob("*.h")):  # what the kernels include from their folder
+        h.update(b"\0" + header.read_bytes())
     for part in (cxx, *flags, jax.__version__, jaxlib.__version__, _cpu_flags()):
         h.update(b"\0" + part.encode())
     return cache / f"{source.stem}-{h.hexdigest()[:16]}.so"

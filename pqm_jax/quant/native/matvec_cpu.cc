@@ -20,23 +20,19 @@
 // Blocks must be a power of two >= 32 and the contiguous dimension (N, resp. K) a multiple of 32,
 // so no 32-element load straddles a block; blocks may run across rows of the tensor.
 //
-// Large products are split over the caller and XLA's intra-op thread pool; the caller claims
-// parts too, so it never waits on a helper that has not started (no deadlock on a busy pool).
+// Large products are split over the caller and XLA's intra-op thread pool (kernels.h).
 
 #include <algorithm>
-#include <atomic>
-#include <cfenv>
 #include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #endif
 
+#include "kernels.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -51,9 +47,6 @@ constexpr int kGroup = 8;       // activation rows per pass over the weights (re
 // logits 1.15 against 0.69 ms, at 8 rows 3.8 against 2.0. With the other core busy (another
 // process), the second thread costs 5-10% instead.
 constexpr int64_t kMinWeightsPerThread = int64_t{1} << 19;
-constexpr int64_t kMaxThreads = 8;
-// Parts per thread: small ones bound the wait for a part whose thread was preempted.
-constexpr int64_t kPartsPerThread = 8;
 
 enum Layout : int64_t { kInOut = 0, kOutIn = 1 };
 
@@ -101,35 +94,6 @@ inline Decoded Decode(const Problem& p, __m512 table, int64_t f) {
           _mm512_permutexvar_ps(bytes, scaled)};
 }
 
-// Sixteen sums at once: s[i] = sum of the lanes of a[i]. Halving all sixteen registers together
-// (lane blocks, then lanes) takes 30 shuffles and 15 adds, against about 9 instructions for each
-// register reduced on its own.
-inline void Sum16(const __m512 (&a)[16], float* s) {
-  __m512 b[8], c[4], d[2];
-  for (int i = 0; i < 8; ++i) {  // b[i]: 256-bit halves = 8 partial sums of a[2i], of a[2i + 1]
-    const __m512 lo = _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0));
-    const __m512 hi = _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2));
-    b[i] = _mm512_add_ps(lo, hi);
-  }
-  for (int i = 0; i < 4; ++i) {  // c[i]: 128-bit lanes = 4 partial sums of a[4i .. 4i + 3]
-    const __m512 lo = _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0));
-    const __m512 hi = _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1));
-    c[i] = _mm512_add_ps(lo, hi);
-  }
-  for (int i = 0; i < 2; ++i) {  // d[i]: lane l = 2 partial sums of two registers
-    const __m512 lo = _mm512_shuffle_ps(c[2 * i], c[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0));
-    const __m512 hi = _mm512_shuffle_ps(c[2 * i], c[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2));
-    d[i] = _mm512_add_ps(lo, hi);
-  }
-  const __m512 lo = _mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(2, 0, 2, 0));
-  const __m512 hi = _mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1));
-  alignas(64) float sums[16];
-  _mm512_store_ps(sums, _mm512_add_ps(lo, hi));
-  // Where the shuffles above leave the sum of a[i] (checked against a plain sum in the tests).
-  static constexpr int kAt[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
-  for (int i = 0; i < 16; ++i) s[i] = sums[kAt[i]];
-}
-
 // Out-in: rows r of x against table rows v..v+V-1; x de-interleaved per 32 (evens, then odds) so
 // it meets the decoded registers lane for lane. V * G <= 16 independent sums are in flight (one
 // register each: even and odd halves add into the same one), reduced together by Sum16.
@@ -167,7 +131,7 @@ void OutInTile(const Problem& p, const float* x, float* out, int64_t v) {
     }
   }
   float sums[16];
-  Sum16(acc, sums);
+  pqm::Sum16(acc, sums);
   for (int t = 0; t < V; ++t) {
     for (int r = 0; r < G; ++r) out[r * p.n + v + t] = sums[t * G + r];
   }
@@ -284,59 +248,7 @@ void RunRange(const Problem& p, Layout layout, int64_t u0, int64_t u1) {
 
 // Threads for `weights` weight decodes (each row group passes over the weights once).
 int64_t Threads(int64_t requested, int64_t weights, int64_t pool_threads) {
-  if (requested > 0) return requested;
-  const int64_t by_size = std::max<int64_t>(1, weights / kMinWeightsPerThread);
-  return std::max<int64_t>(1, std::min({by_size, kMaxThreads, std::max<int64_t>(1, pool_threads)}));
-}
-
-// Runs `units` output units in `parts` pieces: the caller and up to `threads - 1` tasks on XLA's
-// pool claim pieces from a shared counter. The caller then waits only for pieces already claimed
-// (running), so a pool too busy to start a task costs nothing but the caller's time. A task that
-// starts after all pieces are gone touches nothing but the counter, which it co-owns.
-void RunParallel(const Problem& p, Layout layout, int64_t units, int64_t threads,
-                 ffi::ThreadPool& pool) {
-  const int64_t parts = threads == 1 ? 1 : std::min(units, threads * kPartsPerThread);
-  if (parts <= 1) {
-    RunRange(p, layout, 0, units);
-    return;
-  }
-  struct Shared {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-  };
-  auto shared = std::make_shared<Shared>();
-  auto claim = [shared, p, layout, units, parts] {
-    for (int64_t i; (i = shared->next.fetch_add(1)) < parts;) {
-      RunRange(p, layout, units * i / parts, units * (i + 1) / parts);
-      shared->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  // XLA runs with denormals flushed to zero; pool threads get the caller's setting for the task.
-#if defined(__x86_64__) || defined(_M_X64)
-  const unsigned int csr = _mm_getcsr();
-  for (int64_t t = 1; t < threads; ++t) {
-    pool.Schedule([claim, csr] {
-      const unsigned int saved = _mm_getcsr();
-      _mm_setcsr(csr);
-      claim();
-      _mm_setcsr(saved);
-    });
-  }
-#else
-  std::fenv_t env;
-  std::fegetenv(&env);
-  for (int64_t t = 1; t < threads; ++t) {
-    pool.Schedule([claim, env] {
-      std::fenv_t saved;
-      std::fegetenv(&saved);
-      std::fesetenv(&env);
-      claim();
-      std::fesetenv(&saved);
-    });
-  }
-#endif
-  claim();
-  while (shared->done.load(std::memory_order_acquire) < parts) std::this_thread::yield();
+  return pqm::Threads(requested, weights, kMinWeightsPerThread, pool_threads);
 }
 
 ffi::Error MatVec(ffi::ThreadPool pool, Matrix x, ffi::Buffer<ffi::U8> codes,
@@ -380,7 +292,10 @@ ffi::Error MatVec(ffi::ThreadPool pool, Matrix x, ffi::Buffer<ffi::U8> codes,
   const int64_t units = layout == kOutIn ? n : n / kChunk;
   const int64_t passes = (rows + kGroup - 1) / kGroup;
   const int64_t t = std::min(units, Threads(threads, k * n * passes, pool.num_threads()));
-  RunParallel(p, static_cast<Layout>(layout), units, std::max<int64_t>(1, t), pool);
+  const auto run = [&p, layout](int64_t u0, int64_t u1) {
+    RunRange(p, static_cast<Layout>(layout), u0, u1);
+  };
+  pqm::RunParallel(run, units, std::max<int64_t>(1, t), pool);
   return ffi::Error::Success();
 }
 

@@ -16,7 +16,7 @@ from pqm_jax import lora as lora_lib
 from pqm_jax.models.whisper import decoding
 from pqm_jax.models.whisper import family as whisper_family
 from pqm_jax.quant import tree as qtree
-from pqm_jax.quant.native import matvec
+from pqm_jax.quant.native import matvec, rows
 
 BATCH = 8
 OPTS = decoding.DecodeOptions(
@@ -181,6 +181,40 @@ def test_nf4_fused_steps_decode_like_predequantised_weights(double_quant, monkey
         args = (q, mel, None, jax.random.key(0), jnp.float32(1e-6))
         text = decoding._generate_jit.lower(*args, config=H.config(), options=OPTS).as_text()
         assert matvec.TARGET in text
+
+
+@pytest.fixture
+def _native_steps(monkeypatch):
+    """The float32 kernel on (the suite's eight fake devices switch it off), with the jitted
+    programs traced afresh before and after: a cached program would keep its own choice."""
+    monkeypatch.setenv("PQM_NATIVE", "1")
+    decoding._generate_jit.clear_cache()
+    yield
+    decoding._generate_jit.clear_cache()
+
+
+@pytest.mark.skipif(not rows.available(), reason="native kernel unavailable (no C++ compiler?)")
+@pytest.mark.usefixtures("_native_steps")
+def test_float32_steps_through_the_native_kernel_equal_hf_generate():
+    """Attention over cached keys/values and the logits by `quant.native.rows` (the default on a
+    one-device CPU host): greedy and beam-search tokens still equal HF's, scores close to XLA's."""
+    _, params, mel = _setup()
+    args = (params, mel, None, jax.random.key(0), jnp.float32(1e-6))
+    text = decoding._generate_jit.lower(*args, config=H.config(), options=OPTS).as_text()
+    assert text.count(rows.TARGET) >= 3  # self- and cross-attention, logits
+    off = dataclasses.replace(OPTS, native_steps=False)
+    assert rows.TARGET not in decoding._generate_jit.lower(
+        *args, config=H.config(), options=off
+    ).as_text()
+    ours = _run()
+    assert _texts(ours) == _hf()
+    np.testing.assert_allclose(ours.scores, _greedy_xla().scores, rtol=1e-4)
+    beams = _texts(_run(dataclasses.replace(OPTS, beam_size=3)))
+    assert beams == _hf(num_beams=3, length_penalty=1.0)
+
+
+def _greedy_xla() -> decoding.Result:
+    return _run(dataclasses.replace(OPTS, native_steps=False))
 
 
 def _is_lora(x) -> bool:
