@@ -14,7 +14,9 @@ voices, one voice a clip, cut to 30 s: longer outputs, where the token loop weig
 Whisper decodes). Every engine stops a row after `--max-new` tokens (default 224, the cap of
 openai-whisper and CTranslate2; HF's own default is 448 minus the prompt). Times cover encoder + decoding from log-mel features (computed once, shared by every
 engine; their cost is printed separately); compilation and a warm-up batch are excluded. Engines
-run round-robin `--repeats` times and the median time counts, which damps noise from other load.
+run round-robin `--repeats` times and the median time counts, which damps noise from other load;
+each timed run starts after `--pause` idle seconds (default 1), so that the previous engine's
+spinning worker threads (OpenMP's block time in CTranslate2 and PyTorch) do not slow the next.
 RTF = seconds of compute / seconds of audio (lower is faster). `--json FILE` also writes
 `report.Row`s (ours / peer, see `PAIRS`) for bench/run_all.py.
 
@@ -422,6 +424,9 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument(
+        "--pause", type=float, default=1.0, help="seconds idle before each timed run"
+    )
     parser.add_argument("--json", help="also write report rows here (for bench/run_all.py)")
     args = parser.parse_args()
 
@@ -447,6 +452,9 @@ def main() -> None:
     tokens: dict[str, list[list[int]]] = {}
     for _ in range(args.repeats):
         for engine, run in runs.items():
+            # The previous engine's worker threads spin-wait for a while after it returns
+            # (OpenMP's block time, XLA's pool): let them go idle first.
+            time.sleep(args.pause)
             t = time.perf_counter()
             tokens[engine] = run(s.mel)
             times.setdefault(engine, []).append(time.perf_counter() - t)
