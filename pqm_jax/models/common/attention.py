@@ -143,9 +143,10 @@ def _attend_rows(
     """Attention of a few queries per (row, head) by the native CPU kernel (`quant.native.rows`):
     q [G, Tq, c], k, v [G, Tk, c] -> [G, Tq, c], or None where the kernel does not take them.
 
-    A decoding step reads every cached key and value once for one query; XLA's CPU dot first
-    copies them (packing), so the kernel halves the bytes moved. Scores and softmax stay XLA's,
-    in float32; the products sum in the kernel's order, so results are close, not bit-equal."""
+    A decoding step reads every cached key and value for one query; XLA's CPU dot first copies
+    (packs) them, the kernel reads them once (tiny.en's cross-attention at batch 8 on 2 cores:
+    4.8 against 5.7 ms for four layers). Scores and softmax stay XLA's, in float32; the products
+    sum in the kernel's order, so results are close, not bit-equal."""
     if q.shape[1] > native_rows.MAX_ROWS:
         return None
     s = native_rows.product(q, k, transposed=True)
