@@ -238,6 +238,13 @@ def _step_params(params: Any, prepared: Any, opts: DecodeOptions, dtype: Any, ro
     return jax.tree.map(leaf, params, prepared, is_leaf=base.is_quantized)
 
 
+def _step(config: whisper.WhisperConfig, lora: Any, dtype: Any, opts: DecodeOptions):
+    """The loop's cached step: `step(params, tokens, cache, cross) -> (logits, cache)`."""
+    return functools.partial(
+        whisper.decode_step, config=config, lora=lora, dtype=dtype, native=opts.native_steps
+    )
+
+
 def _lengths(tokens: jax.Array, eot: int) -> jax.Array:
     is_eot = tokens == eot
     return jnp.where(is_eot.any(1), jnp.argmax(is_eot, axis=1), tokens.shape[1]).astype(jnp.int32)
@@ -305,13 +312,7 @@ def _greedy(
     params, cross, cache, logits, no_speech = _start(params, mel, lora, config, opts, dtype, batch)
 
     def body_for(lora_rows, cross_rows):
-        step = functools.partial(
-            whisper.decode_step,
-            config=config,
-            lora=lora_rows,
-            dtype=dtype,
-            native=opts.native_steps,
-        )
+        step = _step(config, lora_rows, dtype, opts)
 
         def body(s):
             t = s["t"]
@@ -390,13 +391,7 @@ def _beam(params, mel, lora, config: whisper.WhisperConfig, opts: DecodeOptions)
     rows = batch * k
     params, cross, cache, logits, no_speech = _start(params, mel, lora, config, opts, dtype, rows)
     lora_rows = _repeat_bank(lora, k)
-    step = functools.partial(
-        whisper.decode_step,
-        config=config,
-        lora=lora_rows,
-        dtype=dtype,
-        native=opts.native_steps,
-    )
+    step = _step(config, lora_rows, dtype, opts)
     cache = cache.map_rows(lambda x: jnp.repeat(x, k, axis=0))
     neg = jnp.float32(-jnp.inf)
 

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <thread>
+#include <type_traits>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -80,6 +81,23 @@ void RunParallel(const Run& run, int64_t units, int64_t threads, xla::ffi::Threa
 #endif
   claim();
   while (shared->done.load(std::memory_order_acquire) < parts) std::this_thread::yield();
+}
+
+// Calls f(std::integral_constant<int, G>()) for a group of g in 1..8 activation rows, so that a
+// kernel's register tiles are compiled for each group size.
+template <typename F>
+void WithGroup(int64_t g, F&& f) {
+  switch (g) {
+    case 1: f(std::integral_constant<int, 1>()); break;
+    case 2: f(std::integral_constant<int, 2>()); break;
+    case 3: f(std::integral_constant<int, 3>()); break;
+    case 4: f(std::integral_constant<int, 4>()); break;
+    case 5: f(std::integral_constant<int, 5>()); break;
+    case 6: f(std::integral_constant<int, 6>()); break;
+    case 7: f(std::integral_constant<int, 7>()); break;
+    case 8: f(std::integral_constant<int, 8>()); break;
+    default: break;
+  }
 }
 
 #ifdef __AVX512F__

@@ -147,22 +147,11 @@ void RunOne(const Problem& p, Layout layout, int64_t g, int64_t u0, int64_t u1) 
     const float* x = p.x + (g * p.rows + r0) * p.k;
     float* out = p.out + (g * p.rows + r0) * p.n;
     const int64_t size = std::min<int64_t>(kGroup, p.rows - r0);
-#define PQM_GROUP(G)                                             \
-  case G:                                                        \
-    if (layout == kOutIn) OutInRange<G>(p, x, w, out, u0, u1);   \
-    else InOutRange<G>(p, x, w, out, u0, u1);                    \
-    break;
-    switch (size) {
-      PQM_GROUP(1)
-      PQM_GROUP(2)
-      PQM_GROUP(3)
-      PQM_GROUP(4)
-      PQM_GROUP(5)
-      PQM_GROUP(6)
-      PQM_GROUP(7)
-      PQM_GROUP(8)
-    }
-#undef PQM_GROUP
+    pqm::WithGroup(size, [&](auto group) {
+      constexpr int G = decltype(group)::value;
+      if (layout == kOutIn) OutInRange<G>(p, x, w, out, u0, u1);
+      else InOutRange<G>(p, x, w, out, u0, u1);
+    });
   }
 }
 
