@@ -42,8 +42,9 @@ def _assert_close(ours, exact):
     assert np.abs(ours - exact).max() <= TOL * np.abs(exact).max()
 
 
-# (groups, rows, K, N, shared matrix): rows 1-16 cover every register group (1-8, then a second
-# pass); out-in N and in-out K need not be multiples of anything.
+# (groups, rows, a, b, shared matrix), the matrices [groups or 1, b, a]: rows 1-16 cover every
+# register group (1-8, then a second pass); a is a multiple of 16 (the keys' K, the values' N), b
+# is anything (the number of keys, the values' K).
 CASES = [
     (1, 8, 384, 1000, True),
     (48, 1, 64, 1500, False),
@@ -55,22 +56,15 @@ CASES = [
 
 
 @pytest.mark.parametrize("threads", [0, 1, 3])
-@pytest.mark.parametrize(("groups", "n_rows", "k", "n", "shared"), CASES)
-def test_keys_layout_is_close_to_the_exact_product(groups, n_rows, k, n, shared, threads):
-    x = _normal((groups, n_rows, k), 1)
-    w = _normal((1 if shared else groups, n, k), 2)
-    ours = jax.jit(lambda x, w: rows.product(x, w, transposed=True, threads=threads))(x, w)
-    _assert_close(ours, _exact(x, w, True))
-
-
-@pytest.mark.parametrize("threads", [0, 1, 3])
-@pytest.mark.parametrize(("groups", "n_rows", "n", "k", "shared"), CASES)
-def test_values_layout_is_close_to_the_exact_product(groups, n_rows, k, n, shared, threads):
-    # The same cases with K and N swapped: N (the values' width) a multiple of 16, K any.
-    x = _normal((groups, n_rows, k), 3)
-    w = _normal((1 if shared else groups, k, n), 4)
-    ours = jax.jit(lambda x, w: rows.product(x, w, transposed=False, threads=threads))(x, w)
-    _assert_close(ours, _exact(x, w, False))
+@pytest.mark.parametrize("transposed", [True, False], ids=["keys", "values"])
+@pytest.mark.parametrize(("groups", "n_rows", "a", "b", "shared"), CASES)
+def test_product_is_close_to_the_exact_one(groups, n_rows, a, b, shared, transposed, threads):
+    # Matrices [G or 1, b, a]. Keys: x [G, R, a] @ w[g].T (K = a, a multiple of 16); values:
+    # x [G, R, b] @ w[g] (N = a).
+    x = _normal((groups, n_rows, a if transposed else b), 1)
+    w = _normal((1 if shared else groups, b, a), 2)
+    ours = jax.jit(lambda x, w: rows.product(x, w, transposed=transposed, threads=threads))(x, w)
+    _assert_close(ours, _exact(x, w, transposed))
 
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="-mno-avx512f is an x86 flag")
@@ -81,12 +75,11 @@ def test_portable_scalar_kernel_is_close(tmp_path):
     name = "pqm_few_rows_scalar_test"
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(lib.PqmFewRows), platform="cpu")
     native._loaded.append(lib)
-    for groups, n_rows, k, n, shared in CASES[1:4]:
-        # Keys: x [G, R, k] @ w[g].T with w [n, k]; values: x [G, R, n] @ w[g] with w [n, k].
-        w = _normal((1 if shared else groups, n, k), 2)
+    for groups, n_rows, a, b, shared in CASES[1:4]:
+        w = _normal((1 if shared else groups, b, a), 2)
         for transposed, threads in ((True, 1), (False, 3)):
-            x = _normal((groups, n_rows, k if transposed else n), 1)
-            out = jax.ShapeDtypeStruct((groups, n_rows, n if transposed else k), jnp.float32)
+            x = _normal((groups, n_rows, a if transposed else b), 1)
+            out = jax.ShapeDtypeStruct((groups, n_rows, b if transposed else a), jnp.float32)
             layout = rows.OUT_IN if transposed else rows.IN_OUT
             call = jax.ffi.ffi_call(name, out)
             ours = call(x, w, layout=np.int64(layout), threads=np.int64(threads))
