@@ -203,9 +203,10 @@ def test_float32_steps_through_the_native_kernel_equal_hf_generate():
     text = decoding._generate_jit.lower(*args, config=H.config(), options=OPTS).as_text()
     assert text.count(rows.TARGET) >= 3  # self- and cross-attention, logits
     off = dataclasses.replace(OPTS, native_steps=False)
-    assert rows.TARGET not in decoding._generate_jit.lower(
-        *args, config=H.config(), options=off
-    ).as_text()
+    assert (
+        rows.TARGET
+        not in decoding._generate_jit.lower(*args, config=H.config(), options=off).as_text()
+    )
     ours = _run()
     assert _texts(ours) == _hf()
     np.testing.assert_allclose(ours.scores, _greedy_xla().scores, rtol=1e-4)
