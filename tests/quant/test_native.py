@@ -166,14 +166,10 @@ def test_grad_through_a_frozen_dequantised_weight(double_quant):
 
 @needs_kernel
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="-mno-avx512f is an x86 flag")
-def test_portable_scalar_kernel_equals_xla(tmp_path):
+def test_portable_scalar_kernel_equals_xla(portable_kernel):
     """The same source built without AVX-512 (the loop any CPU runs) gives the same bits, and both
     builds handle blocks that are not a multiple of the vector width."""
-    flags = (*build.FLAGS, "-mno-avx512f")
-    lib = build.load(native.SOURCE, cxx=build.compiler(), cache=tmp_path, flags=flags)
-    name = "pqm_four_bit_decode_scalar_test"
-    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(lib.PqmFourBitDecode), platform="cpu")
-    native._loaded.append(lib)
+    name = portable_kernel(native.SOURCE, "PqmFourBitDecode")
     rng = np.random.default_rng(5)
     cases = ((32, 30, 1), (64, 17, 3), (2, 50, 2), (48, 9, 2), (34, 5, 1), (4096, 3, 0))
     for target in (name, native.TARGET):  # odd blocks (2, 48, 34) take the vector loop's tail

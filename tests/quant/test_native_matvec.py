@@ -21,7 +21,7 @@ from pqm_jax import layers
 from pqm_jax import lora as lora_lib
 from pqm_jax.quant import fp4, native, nf4
 from pqm_jax.quant import tree as qtree
-from pqm_jax.quant.native import build, matvec
+from pqm_jax.quant.native import matvec
 
 needs_kernel = pytest.mark.skipif(
     not matvec.available(), reason="native kernel unavailable (no C++ compiler?)"
@@ -289,13 +289,9 @@ def test_float_absmax_keeps_the_product():
 
 @needs_kernel
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="-mno-avx512f is an x86 flag")
-def test_portable_scalar_kernel_is_close(tmp_path):
+def test_portable_scalar_kernel_is_close(portable_kernel):
     """The same source built without AVX-512 (the loops any CPU runs) is as close, both layouts."""
-    flags = (*build.FLAGS, "-mno-avx512f")
-    lib = build.load(matvec.SOURCE, cxx=build.compiler(), cache=tmp_path, flags=flags)
-    name = "pqm_four_bit_matvec_scalar_test"
-    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(lib.PqmFourBitMatVec), platform="cpu")
-    native._loaded.append(lib)
+    name = portable_kernel(matvec.SOURCE, "PqmFourBitMatVec")
     for layout, code in (("in-out", matvec.IN_OUT), ("out-in", matvec.OUT_IN)):
         for rows, k, n, threads in ((1, 64, 96, 1), (9, 96, 64, 3), (4, 128, 224, 0)):
             q, w = _weight(fp4, layout, k, n, block=32)

@@ -15,8 +15,7 @@ import pytest
 
 from pqm_jax import layers
 from pqm_jax.models.common import attention as attn
-from pqm_jax.quant import native
-from pqm_jax.quant.native import build, rows
+from pqm_jax.quant.native import rows
 
 pytestmark = [
     pytest.mark.usefixtures("native_kernels"),  # tests/quant/conftest.py
@@ -68,13 +67,9 @@ def test_product_is_close_to_the_exact_one(groups, n_rows, a, b, shared, transpo
 
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="-mno-avx512f is an x86 flag")
-def test_portable_scalar_kernel_is_close(tmp_path):
+def test_portable_scalar_kernel_is_close(portable_kernel):
     """The same source built without AVX-512 (the loops any CPU runs) is as close, both layouts."""
-    flags = (*build.FLAGS, "-mno-avx512f")
-    lib = build.load(rows.SOURCE, cxx=build.compiler(), cache=tmp_path, flags=flags)
-    name = "pqm_few_rows_scalar_test"
-    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(lib.PqmFewRows), platform="cpu")
-    native._loaded.append(lib)
+    name = portable_kernel(rows.SOURCE, "PqmFewRows")
     for groups, n_rows, a, b, shared in CASES[1:4]:
         w = _normal((1 if shared else groups, b, a), 2)
         for transposed, threads in ((True, 1), (False, 3)):
