@@ -99,7 +99,7 @@ def decode(
         and _unsharded_type(absmax)
     )
     # On a GPU/TPU host the kernel would never be lowered: do not build it there.
-    if not (fits and jax.default_backend() == "cpu" and _one_device() and available()):
+    if not (fits and kernel_host(available)):
         return xla(codes, absmax).reshape(-1)
     key = (tuple(float(v) for v in np.asarray(table, np.float32)), int(block), int(threads))
     return _decode(xla, key, codes, absmax)
@@ -113,6 +113,13 @@ def _one_device() -> bool:
     the mesh is for; the XLA path keeps it.
     """
     return os.environ.get("PQM_NATIVE") == "1" or jax.device_count() == 1
+
+
+def kernel_host(available: Callable[[], bool]) -> bool:
+    """True when a kernel whose `available()` builds and registers it can run in this process:
+    the default backend is the CPU (on a GPU/TPU host it would never be lowered, so it is not
+    built there), one device or `PQM_NATIVE=1` (`_one_device`), and the kernel built."""
+    return jax.default_backend() == "cpu" and _one_device() and available()
 
 
 def _unsharded_type(x: jax.Array) -> bool:

@@ -81,7 +81,7 @@ def takes(w: Any) -> bool:
     """True when `matmul` (or `attend`, for a bare table) would run the kernel for `w` with
     float32 rows on this host: the caller may keep `w` quantised for it."""
     q, _ = _unwrap(w)
-    return q is not None and _fits_weight(q) and _kernel_host()
+    return q is not None and _fits_weight(q) and native.kernel_host(available)
 
 
 @struct.dataclass
@@ -152,12 +152,6 @@ def _fits_weight(q: fourbit.FourBitTensor) -> bool:
     )
 
 
-def _kernel_host() -> bool:
-    # On a GPU/TPU host the kernel would never be lowered: do not build it there. With several
-    # devices a split weight would be gathered whole into the kernel (see `native._one_device`).
-    return jax.default_backend() == "cpu" and native._one_device() and available()
-
-
 def _product(x: jax.Array, q: fourbit.FourBitTensor, layout: int, threads: int):
     if len(q.shape) != 2:
         return None
@@ -169,7 +163,7 @@ def _product(x: jax.Array, q: fourbit.FourBitTensor, layout: int, threads: int):
         and _fits_weight(q)
         and all(native._unsharded_type(a) for a in (x, q.codes, q.absmax))
     )
-    if not (fits and _kernel_host()):
+    if not (fits and native.kernel_host(available)):
         return None
     absmax = q.absmax_f32()
     if absmax.ndim != 1 or not native._unsharded_type(absmax):
