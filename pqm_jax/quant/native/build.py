@@ -3,9 +3,8 @@
 The library is keyed on everything that changes its code: the source and the headers beside it
 (`kernels.h`), the compiler and its flags, the jax/jaxlib versions (the FFI headers) and the CPU's
 feature flags (`-march=native`), so a copied cache on another machine rebuilds instead of crashing
-on an illegal instruction. Builds write a
-temporary file and `os.replace` it into place, so processes racing on one cache see either no
-library or a whole one.
+on an illegal instruction. Builds write a temporary file and `os.replace` it into place, so
+processes racing on one cache see either no library or a whole one.
 """
 
 from __future__ import annotations
