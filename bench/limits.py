@@ -34,6 +34,25 @@ def seconds(fn: Callable[[], object], repeats: int) -> list[float]:
     return times
 
 
+def alternating(
+    fns: dict[str, Callable[[], object]], repeats: int, per_turn: int = 3
+) -> dict[str, list[float]]:
+    """Wall times of `repeats` calls of each of `fns`, taken in turns of `per_turn` calls (the
+    order of the turns reversed every round). Each turn starts with one untimed call, which
+    absorbs what the previous function left behind: torch's OpenMP workers spin on the cores for
+    milliseconds after an op, and measured back to back they made our next dequantise 1.4x
+    slower. Taking turns lets a slow minute of a shared machine fall on all of `fns` alike."""
+    times = {name: [] for name in fns}
+    for i in range(-(-repeats // per_turn)):
+        for name in list(fns)[:: -1 if i % 2 else 1]:
+            jax.block_until_ready(fns[name]())
+            for _ in range(min(per_turn, repeats - len(times[name]))):
+                t = time.perf_counter()
+                jax.block_until_ready(fns[name]())
+                times[name].append(time.perf_counter() - t)
+    return times
+
+
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     """Median wall time of `repeats` calls of `fn`, after one warm-up."""
     return statistics.median(seconds(fn, repeats))

@@ -1,0 +1,24 @@
+"""bench/limits.py's turn-taking timer: who is called when, and how many times are kept (the
+times themselves are not asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+_PATH = pathlib.Path(__file__).resolve().parent.parent / "bench" / "limits.py"
+_SPEC = importlib.util.spec_from_file_location("bench_limits", _PATH)
+limits = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(limits)
+
+
+def test_alternating_takes_turns_in_reversed_order_with_one_untimed_call_each():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    times = limits.alternating(fns, repeats=7, per_turn=3)
+    assert {name: len(t) for name, t in times.items()} == {"a": 7, "b": 7, "c": 7}
+    assert all(t >= 0.0 for ts in times.values() for t in ts)
+    # three rounds: a b c, then c b a, then a b c; each turn 1 untimed + 3, 3 and 1 timed calls
+    turns = [("a", 4), ("b", 4), ("c", 4), ("c", 4), ("b", 4), ("a", 4)]
+    turns += [("a", 2), ("b", 2), ("c", 2)]
+    assert calls == [name for name, n in turns for _ in range(n)]
