@@ -12,9 +12,14 @@ base for every base (XLA does not count the native kernel's products in the NF4 
 `--quant nf4,none` the NF4 and float32 bases run side by side (nf4-dense: the NF4 base decoded
 once, as stage3.dense_base does), and the NF4 / float32 step-time ratios are reported.
 
+With `--dtype float32,bfloat16` each base also runs with bfloat16 activations (products with
+bfloat16 operands accumulated in float32, which XLA's CPU backend gives to AMX where the CPU has
+it), rated against a bfloat16 matmul of the same form, and the bfloat16 / float32 step-time ratios
+are reported.
+
 Run: python bench/bench_adapt_limit.py [--slots 1,16] [--quant nf4,nf4-dense,none] [--window 2]
-       [--tokens 16] [--batch 2] [--repeats 5] [--json FILE]
-`--json` writes {"results": [per slot count and quant: slots, quant, flops_per_step,
+       [--dtype float32,bfloat16] [--tokens 16] [--batch 2] [--repeats 5] [--json FILE]
+`--json` writes {"results": [per slot count, quant and dtype: slots, quant, dtype, flops_per_step,
 seconds_per_step, matmul_flops_per_s, fraction_of_peak, ...], "rows": ..., "setting": ...}
 (rows and setting in bench/report.py's format, for bench/run_all.py).
 """
@@ -55,8 +60,9 @@ def _base(quant: str, window: float):
     return base, cfg
 
 
-def _program(base, cfg, slots: int, batch: int, tokens: int):
-    """(compiled step, its arguments): one AdamW update of `slots` speakers' adapters."""
+def _program(base, cfg, slots: int, batch: int, tokens: int, dtype: str = "float32"):
+    """(compiled step, its arguments): one AdamW update of `slots` speakers' adapters, activations
+    in `dtype`."""
     lora = lora_lib.init(
         base,
         lora_lib.LoraConfig(rank=8, alpha=16.0, targets=whisper_family.LORA_TARGETS),
@@ -67,7 +73,7 @@ def _program(base, cfg, slots: int, batch: int, tokens: int):
     base = sharding.put(base, base_s)
     programs = adapt.compile_programs(
         lora=lora,
-        config=steps.StepConfig(model=cfg),
+        config=steps.StepConfig(model=cfg, dtype=dtype),
         optimizer=optim.OptimConfig(name="adamw", learning_rate=1e-3, weight_decay=0.01),
         mesh=mesh,
         base_shardings=base_s,
@@ -94,6 +100,10 @@ def _model_flops(programs: dict, models: dict, cfg, slots: int, args) -> float:
     return limits.flops(_program(dense, cfg, slots, args.batch, args.tokens)[0])
 
 
+def _name(quant: str, dtype: str) -> str:
+    return quant if dtype == "float32" else f"{quant} {dtype}"
+
+
 def measure(args) -> tuple[list[dict], list[report.Row], list[str]]:
     results, compile_s = [], []
     models = {q: _base(q, args.window) for q in args.quant}
@@ -101,30 +111,34 @@ def measure(args) -> tuple[list[dict], list[report.Row], list[str]]:
     for slots in args.slots:
         programs = {}
         for quant, (base, _) in models.items():
-            t = time.perf_counter()
-            programs[quant] = _program(base, cfg, slots, args.batch, args.tokens)
-            compile_s.append(f"{slots} slots {quant} {time.perf_counter() - t:.0f} s")
+            for dtype in args.dtype:
+                t = time.perf_counter()
+                name = _name(quant, dtype)
+                programs[name] = _program(base, cfg, slots, args.batch, args.tokens, dtype)
+                compile_s.append(f"{slots} slots {name} {time.perf_counter() - t:.0f} s")
         for compiled, call in programs.values():  # warm-up: the first steps after compiling
             for _ in range(WARMUP):  # run up to 1.5x slower (fresh memory, the kernel's buffers)
                 jax.block_until_ready(compiled(*call))
         # round-robin: every repeat times each program and the matmul once, so that a slow
         # minute of a shared machine falls on all of them alike
         times = {q: [] for q in programs}
-        rates = []
+        rates = {dtype: [] for dtype in args.dtype}
         for _ in range(args.repeats):
-            rates.append(limits.matmul_rate(repeats=3))
+            for dtype in args.dtype:
+                rates[dtype].append(limits.matmul_rate(repeats=3, dtype=dtype))
             for quant, (compiled, call) in programs.items():
                 # one warm-up call, then the faster of two: this shared VM stalls a call now and
                 # then by up to 0.9 s, in any of the programs (seen in runs of one program too)
                 times[quant].append(min(limits.seconds(lambda c=compiled, a=call: c(*a), 2)))
-        rate = statistics.median(rates)
         flops = _model_flops(programs, models, cfg, slots, args)
-        for quant in programs:
-            seconds = statistics.median(times[quant])
+        for quant, dtype in [(q, d) for q in models for d in args.dtype]:
+            seconds = statistics.median(times[_name(quant, dtype)])
+            rate = statistics.median(rates[dtype])
             results.append(
                 {
                     "slots": slots,
                     "quant": quant,
+                    "dtype": dtype,
                     "flops_per_step": flops,
                     "seconds_per_step": seconds,
                     "seconds_per_speaker_step": seconds / slots,
@@ -133,36 +147,49 @@ def measure(args) -> tuple[list[dict], list[report.Row], list[str]]:
                 }
             )
             print(
-                f"{slots:5d} slots {quant:9s}: {seconds:.4f} s/step, {flops / 1e9:.1f} GFLOP, "
-                f"{flops / seconds / 1e9:.1f} GFLOP/s = {flops / seconds / rate:.1%} of "
-                f"{limits.describe_rate(rate)}",
+                f"{slots:5d} slots {_name(quant, dtype):18s}: {seconds:.4f} s/step, "
+                f"{flops / 1e9:.1f} GFLOP, {flops / seconds / 1e9:.1f} GFLOP/s = "
+                f"{flops / seconds / rate:.1%} of {limits.describe_rate(rate, dtype)}",
                 flush=True,
             )
     rows = [
         report.Row(
-            figure=f"adaptation step, {r['slots']} speakers, {r['quant']} base: model FLOP/s",
+            figure=f"adaptation step, {r['slots']} speakers, {r['quant']} base, {r['dtype']} "
+            "activations: model FLOP/s",
             ours=r["flops_per_step"] / r["seconds_per_step"],
             peer=r["matmul_flops_per_s"],
-            peer_name="2048x2048 float32 matmul, same run",
+            peer_name=f"2048x2048 {r['dtype']} matmul, same run",
             unit="FLOP/s",
             better="higher",
             runs=args.repeats,
             note=f"{r['flops_per_step'] / 1e9:.2f} GFLOP per step, {r['seconds_per_step']:.4g} s",
             limit=r["fraction_of_peak"],
-            limit_name=limits.describe_rate(r["matmul_flops_per_s"]),
+            limit_name=limits.describe_rate(r["matmul_flops_per_s"], r["dtype"]),
         )
         for r in results
     ]
     names = {"nf4": "NF4 base decoded in the step", "nf4-dense": "NF4 base decoded once"}
-    for slots in args.slots if "none" in args.quant else ():
-        by = {r["quant"]: r for r in results if r["slots"] == slots}
-        for quant in [q for q in names if q in by]:
+    for slots in args.slots:
+        by = {(r["quant"], r["dtype"]): r for r in results if r["slots"] == slots}
+        for (quant, dtype), r in by.items():
+            if quant in names and ("none", dtype) in by:
+                peer, peer_name = by["none", dtype], f"same step, {dtype} activations, float32 base"
+                figure = (
+                    f"adaptation step time, {slots} speakers, {names[quant]}, {dtype} activations"
+                )
+            elif dtype != "float32" and (quant, "float32") in by:
+                peer, peer_name = by[quant, "float32"], "same step, float32 activations"
+                figure = (
+                    f"adaptation step time, {slots} speakers, {quant} base, {dtype} activations"
+                )
+            else:
+                continue
             rows.append(
                 report.Row(
-                    figure=f"adaptation step time, {slots} speakers, {names[quant]}",
-                    ours=by[quant]["seconds_per_step"],
-                    peer=by["none"]["seconds_per_step"],
-                    peer_name="same step, float32 base",
+                    figure=figure,
+                    ours=r["seconds_per_step"],
+                    peer=peer["seconds_per_step"],
+                    peer_name=peer_name,
                     unit="s",
                     better="lower",
                     runs=args.repeats,
@@ -184,6 +211,12 @@ def main() -> None:
     ap.add_argument(
         "--quant", default="nf4,nf4-dense,none", help="comma-separated: nf4, nf4-dense, none"
     )
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        help="comma-separated activation dtypes: float32, bfloat16 (products accumulate in "
+        "float32; the limit is the matmul of that dtype)",
+    )
     ap.add_argument("--window", type=float, default=2.0)
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--batch", type=int, default=2)
@@ -192,6 +225,7 @@ def main() -> None:
     args = ap.parse_args()
     args.slots = [int(x) for x in args.slots.split(",")]
     args.quant = [q for q in args.quant.split(",") if q]
+    args.dtype = [d for d in args.dtype.split(",") if d]
     results, rows, setting = measure(args)
     report.emit(rows, setting, "python bench/bench_adapt_limit.py", None)
     if args.json:

@@ -462,16 +462,18 @@ def main() -> None:
     ref_engine = "jax" if "jax" in tokens else next(iter(tokens))
     print(
         f"\n| engine | RTF | time (s) | vs transformers b{args.batch} | same tokens as "
-        f"{ref_engine} | WER |"
+        f"{ref_engine} | WER | tokens | ms / token |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for engine, secs in best.items():
         same = sum(a == b for a, b in zip(tokens[engine], tokens[ref_engine]))
         ratio = f"{best['hf'] / secs:.2f}x" if "hf" in best else "-"
         hyps = [s.tokenizer.decode(t) for t in tokens[engine]]
+        n = sum(len(t) for t in tokens[engine])  # engines whose tokens differ differ in work
         print(
             f"| {engine} | {secs / s.audio_s:.4f} | {secs:.2f} | {ratio} | "
-            f"{same}/{len(tokens[engine])} | {100 * _wer(hyps, s.refs, args.audio):.1f}% |"
+            f"{same}/{len(tokens[engine])} | {100 * _wer(hyps, s.refs, args.audio):.1f}% | "
+            f"{n} | {1e3 * secs / max(n, 1):.2f} |"
         )
     if args.json:
         setting = [

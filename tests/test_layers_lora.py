@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -191,6 +193,36 @@ def test_bf16_compute():
     assert y.dtype == jnp.bfloat16
     ref = _forward(params, None, _x())
     np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(ref), atol=0.05)
+
+
+def test_bfloat16_products_accumulate_in_float32_forward_and_backward():
+    """bfloat16 x bfloat16 products (forward, input and weight gradients) are emitted as dots
+    with a float32 result, the form matrix units run, and stay within bfloat16 rounding of the
+    float64 product; float32 products are left as they were."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 40, 256)).astype(np.float32)
+    w = (rng.standard_normal((256, 96)) / 16).astype(np.float32)
+    g = rng.standard_normal((3, 40, 96)).astype(np.float32)
+    xb, wb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16)
+
+    def loss(x, w):
+        return jnp.sum(layers.matmul(x, w).astype(jnp.float32) * g)
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    hlo = grad.lower(xb, wb).as_text()
+    mixed = re.findall(r"dot_general.*\(tensor<\S*bf16>, tensor<\S*bf16>\) -> tensor<\S*f32>", hlo)
+    assert len(mixed) >= 3, "forward, input- and weight-gradient products accumulate in float32"
+    y = np.asarray(jax.jit(layers.matmul)(xb, wb), np.float64)
+    x64, w64 = np.asarray(xb, np.float64), np.asarray(wb, np.float64)
+    np.testing.assert_allclose(y, x64 @ w64, rtol=2**-7, atol=1e-2)
+    dx, dw = (np.asarray(a, np.float64) for a in grad(xb, wb)[1])
+    g64 = np.asarray(jnp.asarray(g, jnp.bfloat16), np.float64)
+    np.testing.assert_allclose(dx, g64 @ w64.T, rtol=2**-7, atol=1e-2)
+    dw_ref = x64.reshape(-1, 256).T @ g64.reshape(-1, 96)
+    np.testing.assert_allclose(dw, dw_ref, rtol=2**-7, atol=0.1)
+    # float32 keeps plain products
+    f32 = jax.jit(layers.matmul).lower(jnp.asarray(x), jnp.asarray(w)).as_text()
+    assert "preferred_element_type" not in f32 and "bf16" not in f32
 
 
 def test_conv1d_and_embed_accept_quantised_weights():
