@@ -173,7 +173,8 @@ def _jax_engine(s: Setup, batch: int, max_new: int, quant: str | None, **decode_
     params = jax.tree.map(jnp.asarray, s.params)
     if quant:
         params = api.quantize_params(params, api.QuantConfig(scheme=quant))
-    model = api.WhisperModel(params=params, config=s.config, tokenizer=s.tokenizer)
+    dtype = decode_kwargs.pop("dtype", "float32")
+    model = api.WhisperModel(params=params, config=s.config, tokenizer=s.tokenizer, dtype=dtype)
     opts = model.decode_options(max_new_tokens=max_new, **decode_kwargs)
 
     def run(mel: np.ndarray) -> list[list[int]]:
@@ -286,6 +287,10 @@ def _make(engine: str, s: Setup, batch: int, max_new: int, threads: int) -> Call
             return _jax_engine(s, batch, max_new, "nf4", **GUARD)
         if engine == "jax-nf4-stepdequant":  # dequantise inside the loop (XLA hoists it)
             return _jax_engine(s, batch, max_new, "nf4", predequantize=False)
+        if engine == "jax-bf16":  # bfloat16 activations, products accumulated in float32
+            return _jax_engine(s, batch, max_new, None, dtype="bfloat16")
+        if engine == "jax-nf4-bf16":
+            return _jax_engine(s, batch, max_new, "nf4", dtype="bfloat16")
         if engine == "jax-b1":
             return _jax_engine(s, 1, max_new, None)
         if engine == "jax-xla":  # the decoding step's products all XLA's (no float32 kernel)
