@@ -76,9 +76,9 @@ SECTIONS = {
         "--files 1 --seconds 40 --repeats 1 --engines jax-seq,hf-seq",
     ),
     "adapt_limit": (
-        "Adaptation step against the machine's matmul rate; NF4 against float32",
+        "Adaptation step against the machine's matmul rate; NF4 against float32; bfloat16",
         "bench/bench_adapt_limit.py",
-        "--slots 1,16 --repeats 5",
+        "--slots 1,16 --quant nf4,nf4-dense,none --dtype float32,bfloat16 --repeats 5",
         "--slots 1,2 --window 1 --tokens 8 --batch 1 --repeats 2",
     ),
     "lora_products": (
