@@ -291,6 +291,10 @@ def _make(engine: str, s: Setup, batch: int, max_new: int, threads: int) -> Call
             return _jax_engine(s, batch, max_new, None, dtype="bfloat16")
         if engine == "jax-nf4-bf16":
             return _jax_engine(s, batch, max_new, "nf4", dtype="bfloat16")
+        if engine == "jax-mixed":  # the encoder in bfloat16, the token loop in float32
+            return _jax_engine(s, batch, max_new, None, encoder_dtype="bfloat16")
+        if engine == "jax-nf4-mixed":
+            return _jax_engine(s, batch, max_new, "nf4", encoder_dtype="bfloat16")
         if engine == "jax-b1":
             return _jax_engine(s, 1, max_new, None)
         if engine == "jax-xla":  # the decoding step's products all XLA's (no float32 kernel)

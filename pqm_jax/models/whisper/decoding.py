@@ -56,6 +56,10 @@ class DecodeOptions:
         so that greedy output equals HF `generate` exactly.
       max_period: the longest repeated block `max_repeats` looks for.
       dtype: compute dtype name ("float32" or "bfloat16").
+      encoder_dtype: the encoder's compute dtype when it differs from `dtype` (None: the same):
+        "bfloat16" with a float32 `dtype` runs the encoder's large products in bfloat16 with
+        float32 accumulation (AMX on CPUs that have it) and keeps the token loop in float32,
+        where the native kernels run. Its output is cast to `dtype` before the cross keys/values.
       predequantize: dequantise quantised weights once per call, before the token loop (else
         every step dequantises every weight it touches).
       quantized_steps: keep 4-bit (NF4/FP4) weights quantised inside the token loop, where the
@@ -90,6 +94,7 @@ class DecodeOptions:
     max_repeats: int = 0
     max_period: int = 8
     dtype: str = "float32"
+    encoder_dtype: str | None = None
     predequantize: bool = True
     quantized_steps: bool = True
     native_steps: bool = True
@@ -257,7 +262,12 @@ def _start(params, mel, lora, config, opts, dtype, rows):
     (the 51,864 x d embedding among them) is formed at all."""
     ready = _prepare(params, dtype, opts.predequantize)
     steps = _step_params(params, ready, opts, dtype, rows)
-    enc = whisper.encode(ready, mel, config=config, lora=lora, dtype=dtype)
+    enc_dtype = jnp.dtype(opts.encoder_dtype or dtype)
+    if enc_dtype == dtype:
+        enc = whisper.encode(ready, mel, config=config, lora=lora, dtype=dtype)
+    else:
+        encoder = {"encoder": _prepare(params["encoder"], enc_dtype, opts.predequantize)}
+        enc = whisper.encode(encoder, mel, config=config, lora=lora, dtype=enc_dtype).astype(dtype)
     cross = whisper.cross_kv(ready, enc, config=config, lora=lora)
     batch = mel.shape[0]
     prompt = jnp.tile(jnp.asarray(opts.prompt, jnp.int32)[None], (batch, 1))

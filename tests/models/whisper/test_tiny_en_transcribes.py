@@ -4,6 +4,7 @@ into a Hugging Face PyTorch Whisper by `hf.to_state_dict`, transcribes FSDD digi
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import pytest
@@ -139,3 +140,50 @@ def test_jax_model_matches_torch_on_real_weights():
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)  # measured: 3e-5 (logits ~27)
     assert (got.argmax(-1) == want.argmax(-1)).all()
     assert got[0, 1].argmax() == 3598  # after the prompt: " seven"
+
+
+def test_bfloat16_encoder_float32_loop_transcribes_like_hf(monkeypatch):
+    """`encoder_dtype="bfloat16"`: the encoder's products take bfloat16 operands with float32
+    results (AMX on CPUs that have it), the token loop stays float32 (with its native kernels);
+    the ten digits read as HF's float32 greedy reads them, near-ties aside."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from pqm_jax.models.whisper import decoding
+    from pqm_jax.quant.native import rows
+
+    monkeypatch.setenv("PQM_NATIVE", "1")  # the suite's eight fake devices switch it off
+    decoding._generate_jit.clear_cache()
+    tok = _tiny_en()[2]
+    params, config, _ = ct2.load(resources.tiny_en_dir())
+    params = jax.tree.map(jnp.asarray, params)
+    clips = [_clip(d) for d in range(10)]
+    mel = jnp.asarray(features.log_mel_batch(clips))
+    ids = tok.special
+    base = decoding.DecodeOptions(
+        prompt=tuple(tok.prompt()),
+        eot=ids.eot,
+        suppress=tuple(tok.suppress_tokens),
+        begin_suppress=tuple(tok.begin_suppress_tokens),
+        max_new_tokens=24,
+    )
+    mixed = dataclasses.replace(base, encoder_dtype="bfloat16")
+    args = (params, mel, None, jax.random.key(0), jnp.float32(1e-6))
+    lowered = {
+        o.encoder_dtype: decoding._generate_jit.lower(*args, config=config, options=o).as_text()
+        for o in (base, mixed)
+    }
+    to_f32 = r"dot_general.*\(tensor<\S*bf16>, tensor<\S*bf16>\) -> tensor<\S*f32>"
+    assert len(re.findall(to_f32, lowered["bfloat16"])) >= 6 * config.encoder_layers
+    assert "bf16" not in lowered[None]
+    if rows.available():
+        assert lowered["bfloat16"].count(rows.TARGET) >= 3  # the loop's float32 kernel
+    result = decoding.generate(params, mel, config=config, options=mixed)
+    tokens, lengths = np.asarray(result.tokens), np.asarray(result.lengths)
+    ours = [tok.decode(tokens[i, : lengths[i]].tolist()) for i in range(len(clips))]
+    want = [tok.decode(row) for row in _greedy(clips)]
+    # bfloat16 moves near-ties: measured 9 of 10 equal (clip 6: "six." where HF reads "fix.")
+    assert sum(a == b for a, b in zip(ours, want)) >= 9, (ours, want)
+    decoding._generate_jit.clear_cache()
