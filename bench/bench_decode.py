@@ -62,6 +62,10 @@ LABELS = {
     "jax-nf4-stepdequant": "pqm-jax NF4, dequantise per step",
     "jax-xla": "pqm-jax float32, XLA products in the step",
     "jax-xla-b1": "pqm-jax float32, XLA products in the step, batch 1",
+    "jax-bf16": "pqm-jax bfloat16",
+    "jax-nf4-bf16": "pqm-jax NF4, bfloat16",
+    "jax-mixed": "pqm-jax float32, bfloat16 encoder",
+    "jax-nf4-mixed": "pqm-jax NF4, bfloat16 encoder",
     "hf": "transformers float32",
     "hf-b1": "transformers float32, batch 1",
     "ct2": "CTranslate2 float32",
@@ -80,7 +84,12 @@ PAIRS = (
     ("jax-nf4-guard", "ct2-int8"),
     ("jax", "jax-xla"),
     ("jax-b1", "jax-xla-b1"),
+    ("jax-bf16", "ct2"),
+    ("jax-mixed", "ct2"),
+    ("jax-nf4-bf16", "ct2-int8"),
+    ("jax-nf4-mixed", "ct2-int8"),
 )
+BFLOAT16 = ("bf16", "mixed")  # engines rated against the bfloat16 matmul (float32 accumulation)
 
 
 @dataclasses.dataclass
@@ -506,18 +515,21 @@ def main() -> None:
         ]
         import limits
 
-        rate = limits.matmul_rate(repeats=5)
+        rates = {d: limits.matmul_rate(repeats=5, dtype=d) for d in ("float32", "bfloat16")}
         prompt = len(s.tokenizer.prompt())
 
         def limit(engine: str) -> tuple[float, str]:
             b = 1 if engine.endswith("b1") else args.batch
             work = model_flops(s, b, tokens[engine], prompt)
-            return work / float(np.median(times[engine])) / rate, limits.describe_rate(rate)
+            dtype = "bfloat16" if any(k in engine for k in BFLOAT16) else "float32"
+            rate = rates[dtype]
+            return work / float(np.median(times[engine])) / rate, limits.describe_rate(rate, dtype)
 
         setting.append(
             "limit: our model FLOPs (XLA cost analysis of the encoder, cross K/V, prompt and one "
             "cached step per token to each batch's longest output) per second over a 2048x2048 "
-            "matmul measured after the runs"
+            "matmul measured after the runs (bfloat16 with float32 accumulation for the engines "
+            "that run bfloat16)"
         )
         report.dump(args.json, rows(times, tokens, s.audio_s, args.batch, limit), setting)
 
