@@ -114,6 +114,10 @@ class DecodeOptions:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.temperature > 0 and self.beam_size > 1:
             raise ValueError("temperature > 0 samples one hypothesis: use beam_size 1")
+        if self.encoder_dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(
+                f"encoder_dtype must be float32, bfloat16 or None, got {self.encoder_dtype!r}"
+            )
         if self.timestamp_begin is not None and self.timestamp_begin - 1 in self.prompt:
             raise ValueError("a prompt with <|notimestamps|> cannot decode timestamps")
         # Lists from a JSON config would make the options unhashable; normalise to tuples.

@@ -263,5 +263,7 @@ def test_options_validation():
         dataclasses.replace(OPTS, beam_size=0)
     with pytest.raises(ValueError, match="prompt"):
         decoding.DecodeOptions(prompt=(), eot=1)
+    with pytest.raises(ValueError, match="encoder_dtype must be float32, bfloat16 or None"):
+        dataclasses.replace(OPTS, encoder_dtype="float16")
     opts = decoding.DecodeOptions(prompt=[1, 2], eot=3, suppress=[4])  # lists from JSON
     assert hash(opts) == hash(decoding.DecodeOptions(prompt=(1, 2), eot=3, suppress=(4,)))
