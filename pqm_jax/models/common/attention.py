@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from pqm_jax import layers
 from pqm_jax import lora as lora_lib
+from pqm_jax.quant.native import attention as native_attention
 from pqm_jax.quant.native import rows as native_rows
 
 LN_EPS = 1e-5
@@ -158,13 +159,26 @@ def _attend_rows(
 
 
 def _attend_per_head(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """Unmasked attention one (batch, head) pair at a time: [B, H, Tq, c] -> [B, H, Tq, c].
+    """Unmasked attention over long sequences: [B, H, Tq, c] -> [B, H, Tq, c].
+
+    On CPU (head size 64, float32 or bfloat16) a native kernel fuses the scores, softmax and
+    value product (`quant.native.attention`; tiny.en's encoder layer at batch 8 on 2 cores:
+    about 1.8x faster than XLA in float32). Its derivative, and everything else, is `_per_head`.
+    """
+    b, h, tq, c = q.shape
+    flat = lambda x: x.reshape(b * h, *x.shape[2:])
+    q, k, v = flat(q), flat(k), flat(v)
+    o = native_attention.attend(q, k, v, xla=_per_head)
+    return (_per_head(q, k, v) if o is None else o).reshape(b, h, tq, c)
+
+
+def _per_head(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Unmasked attention one (batch, head) pair at a time: [G, Tq, c] -> [G, Tq, c].
 
     Batched, the encoder's [B, H, 1500, 1500] scores (432 MB for tiny at batch 8) stream through
     memory several times; one head's 9 MB stay in cache, which is ~3x faster on CPU (and below
     PyTorch's fused SDPA). Softmax normalisation is applied after the value product.
     """
-    b, h, tq, c = q.shape
 
     def one(args):
         qi, ki, vi = args
@@ -173,8 +187,7 @@ def _attend_per_head(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
         o = jnp.einsum("qk,kc->qc", e.astype(vi.dtype), vi, preferred_element_type=jnp.float32)
         return (o / e.sum(-1, keepdims=True)).astype(vi.dtype)
 
-    flat = lambda x: x.reshape(b * h, *x.shape[2:])
-    return jax.lax.map(one, (flat(q), flat(k), flat(v))).reshape(b, h, tq, c)
+    return jax.lax.map(one, (q, k, v))
 
 
 def query(p: dict, x: jax.Array, lora: Any, rng: jax.Array | None, *, heads: int) -> jax.Array:

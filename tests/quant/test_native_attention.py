@@ -1,0 +1,141 @@
+"""The native long-attention kernel (`quant.native.attention`): float32 close to softmax attention
+in float64, bfloat16 (AMX tiles and AVX512-BF16 pairs) close to it with the weights rounded to
+bfloat16 as XLA's path rounds them, for query and key counts off every block size and forced
+thread splits; the encoder's attention lowered to it without derivatives and to XLA's with them
+(gradients equal to XLA's); None for inputs it does not take; a build without AVX-512 says so."""
+
+from __future__ import annotations
+
+import ctypes
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pqm_jax.models.common import attention as attn
+from pqm_jax.quant.native import attention as native_attention
+
+pytestmark = [
+    pytest.mark.usefixtures("native_kernels"),  # tests/quant/conftest.py
+    pytest.mark.skipif(
+        not native_attention.caps() & native_attention.CAPS[native_attention.F32],
+        reason="native attention unavailable (no C++ compiler or no AVX-512)",
+    ),
+]
+HAS_BF16 = bool(native_attention.caps() & native_attention.CAPS[native_attention.BF16])
+HAS_AMX = bool(native_attention.caps() & native_attention.AMX)
+
+# (groups, query rows, keys): rows off the 6- and 16-row tiles and the 240-row work units, keys
+# off the 16- and 64-key blocks (odd counts pad a bfloat16 pair), one key.
+CASES = [(3, 37, 101), (2, 250, 64), (1, 17, 1), (4, 6, 333), (2, 481, 130)]
+
+
+def _qkv(groups, tq, tk, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((groups, tq, 64)) * 0.4  # scores of a few units, as a trained model's
+    k = rng.standard_normal((groups, tk, 64)) * 0.4
+    v = rng.standard_normal((groups, tk, 64))
+    return tuple(jnp.asarray(a, jnp.float32).astype(dtype) for a in (q, k, v))
+
+
+def _exact(q, k, v, round_weights=False):
+    """Softmax attention in float64; with `round_weights` the exponentials are rounded to bfloat16
+    before the value product (their sum is not), as `attention._per_head` does in bfloat16."""
+    q, k, v = (np.asarray(jnp.asarray(a, jnp.float32), np.float64) for a in (q, k, v))
+    s = np.einsum("gqc,gkc->gqk", q, k)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    w = e
+    if round_weights:
+        w = np.asarray(jnp.asarray(e, jnp.float32).astype(jnp.bfloat16).astype(jnp.float32))
+    return np.einsum("gqk,gkc->gqc", w, v) / e.sum(-1, keepdims=True)
+
+
+def _kernel(q, k, v, **kw):
+    out = jax.jit(lambda q, k, v: native_attention.attend(q, k, v, xla=attn._per_head, **kw))
+    return out(q, k, v)
+
+
+@pytest.mark.parametrize("threads", [0, 1, 2])
+@pytest.mark.parametrize(("groups", "tq", "tk"), CASES)
+def test_float32_is_close_to_exact_attention(groups, tq, tk, threads):
+    q, k, v = _qkv(groups, tq, tk, jnp.float32)
+    ours = _kernel(q, k, v, threads=threads)
+    assert ours.dtype == jnp.float32 and ours.shape == (groups, tq, 64)
+    exact = _exact(q, k, v)
+    assert np.abs(np.asarray(ours, np.float64) - exact).max() <= 2e-6 * np.abs(exact).max()
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no AVX512-BF16")
+@pytest.mark.parametrize("tiles", [True, False], ids=["amx", "pairs"])
+@pytest.mark.parametrize("threads", [0, 2])
+@pytest.mark.parametrize(("groups", "tq", "tk"), CASES)
+def test_bfloat16_is_close_to_attention_with_bfloat16_weights(groups, tq, tk, threads, tiles):
+    q, k, v = _qkv(groups, tq, tk, jnp.bfloat16, seed=1)
+    ours = _kernel(q, k, v, threads=threads, tiles=tiles)
+    assert ours.dtype == jnp.bfloat16 and ours.shape == (groups, tq, 64)
+    exact = _exact(q, k, v, round_weights=True)
+    # Products of bfloat16 inputs are exact in float32; what differs from float64 is the order
+    # of float32 sums, the exponentials' last bits (a weight may round to the other bfloat16
+    # neighbour) and the output's rounding to bfloat16 (2**-9 relative).
+    err = np.abs(np.asarray(ours.astype(jnp.float32), np.float64) - exact)
+    assert err.max() <= 2**-8 * np.abs(exact).max()
+    # ... and as close as XLA's own bfloat16 path is.
+    xla = np.asarray(jax.jit(attn._per_head)(q, k, v).astype(jnp.float32), np.float64)
+    assert err.max() <= 2 * np.abs(xla - exact).max() + 1e-6
+
+
+@pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX tile unit (or Linux refused it)")
+def test_amx_and_pairs_agree_on_whisper_shapes():
+    """tiny.en's encoder attention at batch 1 (6 heads, 1,500 frames): both bfloat16 routes."""
+    q, k, v = _qkv(6, 1500, 1500, jnp.bfloat16, seed=2)
+    amx = np.asarray(_kernel(q, k, v, tiles=True).astype(jnp.float32))
+    pairs = np.asarray(_kernel(q, k, v, tiles=False).astype(jnp.float32))
+    assert np.abs(amx - pairs).max() <= 2**-7 * np.abs(pairs).max()
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_encoder_attention_uses_the_kernel_but_differentiates_xla(dtype):
+    if jnp.dtype(dtype) == jnp.bfloat16 and not HAS_BF16:
+        pytest.skip("this CPU has no AVX512-BF16")
+    q, k, v = (a.reshape(1, 2, 300, 64) for a in _qkv(2, 300, 300, dtype, seed=3))
+    assert 300 * 300 >= attn.LONG_ATTENTION  # the encoder's path (`_attend_per_head`)
+    forward = jax.jit(attn._attend_per_head).lower(q, k, v).as_text()
+    assert native_attention.TARGETS[jnp.dtype(dtype)] in forward
+
+    def loss(f):
+        return lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v).astype(jnp.float32)))
+
+    flat = lambda f: lambda q, k, v: f(*(a.reshape(2, 300, 64) for a in (q, k, v)))
+    grad = jax.jit(jax.grad(loss(attn._attend_per_head), argnums=(0, 1, 2)))
+    assert native_attention.TARGETS[jnp.dtype(dtype)] not in grad.lower(q, k, v).as_text()
+    ours = grad(q, k, v)
+    xla = jax.jit(jax.grad(loss(flat(attn._per_head)), argnums=(0, 1, 2)))(q, k, v)
+    for a, b in zip(ours, xla, strict=True):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+def test_inputs_it_does_not_take_give_none():
+    q, k, v = _qkv(2, 20, 30, jnp.float32)
+    take = lambda *a: native_attention.attend(*a, xla=attn._per_head)
+    assert take(q[..., :32], k[..., :32], v[..., :32]) is None  # head size 32
+    assert take(q, k.astype(jnp.bfloat16), v) is None  # mixed dtypes
+    assert take(q, k[:1], v[:1]) is None  # groups differ
+    assert take(q, k[:, :0], v[:, :0]) is None  # no keys
+    assert take(q.astype(jnp.float16), k.astype(jnp.float16), v.astype(jnp.float16)) is None
+
+
+def test_with_native_off_it_gives_none(monkeypatch):
+    monkeypatch.setenv("PQM_NATIVE", "0")
+    monkeypatch.setattr(jax, "device_count", lambda: 2)  # and several devices: XLA's path
+    q, k, v = _qkv(2, 20, 30, jnp.float32)
+    assert native_attention.attend(q, k, v, xla=attn._per_head) is None
+
+
+def test_a_build_without_avx512_says_it_can_do_nothing(tmp_path):
+    from pqm_jax.quant.native import build
+
+    flags = (*build.FLAGS, "-mno-avx512f")
+    lib = build.load(native_attention.SOURCE, cxx=build.compiler(), cache=tmp_path, flags=flags)
+    lib.PqmAttentionCaps.restype = ctypes.c_int32
+    assert lib.PqmAttentionCaps() == 0
