@@ -81,6 +81,12 @@ SECTIONS = {
         "--slots 1,16 --quant nf4,nf4-dense,none --dtype float32,bfloat16 --repeats 5",
         "--slots 1,2 --window 1 --tokens 8 --batch 1 --repeats 2",
     ),
+    "attention": (
+        "Encoder attention: the native kernel against XLA's formulation and torch SDPA",
+        "bench/bench_attention.py",
+        "--batch 8 --heads 6 --frames 1500 --repeats 7 --dtype float32,bfloat16",
+        "--batch 1 --heads 2 --frames 300 --repeats 2 --dtype float32",
+    ),
     "lora_products": (
         "LoRA products by hand against autodiff of the plain formula: the 16-speaker step",
         "bench/bench_lora_products.py",

@@ -139,3 +139,13 @@ def test_a_build_without_avx512_says_it_can_do_nothing(tmp_path):
     lib = build.load(native_attention.SOURCE, cxx=build.compiler(), cache=tmp_path, flags=flags)
     lib.PqmAttentionCaps.restype = ctypes.c_int32
     assert lib.PqmAttentionCaps() == 0
+
+
+def test_under_vmap_each_element_is_its_own_attention():
+    """A bank of speakers' encoders (vmap over a leading axis): the kernel runs per element."""
+    q, k, v = (a.reshape(3, 1, 2, 40, 64) for a in _qkv(6, 40, 40, jnp.float32, seed=4))
+    f = jax.jit(jax.vmap(attn._attend_per_head))
+    assert "pqm_attention_f32" in f.lower(q, k, v).as_text()
+    ours = np.asarray(f(q, k, v), np.float64)
+    exact = _exact(*(a.reshape(6, 40, 64) for a in (q, k, v))).reshape(ours.shape)
+    assert np.abs(ours - exact).max() <= 2e-6 * np.abs(exact).max()
