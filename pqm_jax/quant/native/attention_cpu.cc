@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -296,14 +297,32 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
-void ConfigureTiles() {
-  TileConfig c;
-  for (int t = 0; t < 8; ++t) {
-    c.colsb[t] = 64;
-    c.rows[t] = 16;
+// Loads this kernel's tile configuration for the calling thread and restores the thread's own
+// (if it had one, e.g. left by another library's kernel) when it goes out of scope.
+class Tiles {
+ public:
+  Tiles() {
+    _tile_storeconfig(&saved_);
+    TileConfig c;
+    for (int t = 0; t < 8; ++t) {
+      c.colsb[t] = 64;
+      c.rows[t] = 16;
+    }
+    _tile_loadconfig(&c);
   }
-  _tile_loadconfig(&c);
-}
+  ~Tiles() {
+    if (saved_.palette != 0) {
+      _tile_loadconfig(&saved_);
+    } else {
+      _tile_release();
+    }
+  }
+  Tiles(const Tiles&) = delete;
+  Tiles& operator=(const Tiles&) = delete;
+
+ private:
+  TileConfig saved_;
+};
 
 // s[16, ldk] = q[16, 64] @ keys; kp as in ScoreTileBF16, ldk a multiple of 64.
 void ScoresAmx(const uint16_t* q, const uint32_t* kp, int64_t ldk, float* s) {
@@ -509,7 +528,8 @@ ffi::Error AttentionBF16(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16, 3> q,
     Scratch<float> s = Allocate<float>(kTileRowsMax * ldk);
     Scratch<uint32_t> p32 = Allocate<uint32_t>(kTileRowsMax * ldk / 2);
 #ifdef PQM_AMX
-    if (amx) ConfigureTiles();
+    std::optional<Tiles> tiles_in_use;
+    if (amx) tiles_in_use.emplace();
 #endif
     int64_t loaded = -1;
     for (int64_t u = u0; u < u1; ++u) {
@@ -557,9 +577,6 @@ ffi::Error AttentionBF16(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16, 3> q,
         });
       }
     }
-#ifdef PQM_AMX
-    if (amx) _tile_release();
-#endif
   };
   pqm::RunParallel(run, d.groups * chunks, ThreadsFor(d, threads, pool), pool);
   return ffi::Error::Success();
