@@ -12,9 +12,10 @@ not 64, mixed dtypes, no AVX-512 / AVX512-BF16 in this build, arrays split over 
 axis, a GPU/TPU host, `PQM_NATIVE=0`, several devices; see `native.kernel_host`). Results are close
 to XLA's, not bit-equal (sums in the kernel's order; exp by its own polynomial, ~1 ulp).
 
-Derivatives: the kernel computes values only. Under `jax.grad` / `jax.vjp` the whole call is
-XLA's formulation (`xla`): forward value and gradient as without the kernel, at the same cost.
-Inference (no differentiation) gets the kernel.
+Derivatives: in float32 a second kernel computes the gradients of q, k and v (flash-attention's
+backward: the weights recomputed per few query rows from the forward's log-normaliser per row,
+so no [Tq, Tk] matrix is kept between the passes). In bfloat16, under `jax.grad` / `jax.vjp`
+the whole call is XLA's formulation (`xla`), forward and gradient, as without the kernel.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pqm_jax.quant import native
 from pqm_jax.quant.native import build
@@ -34,6 +36,7 @@ SOURCE = pathlib.Path(__file__).with_name("attention_cpu.cc")
 F32, BF16 = jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)
 TARGETS = {F32: "pqm_attention_f32", BF16: "pqm_attention_bf16"}
 SYMBOLS = {F32: "PqmAttentionF32", BF16: "PqmAttentionBF16"}
+GRAD_TARGET, GRAD_SYMBOL = "pqm_attention_grad_f32", "PqmAttentionGradF32"
 CAPS = {F32: 1, BF16: 2}  # bits of PqmAttentionCaps(); AMX: bfloat16 on the tile unit
 AMX = 4
 HEAD = 64
@@ -45,6 +48,8 @@ Attention = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 def caps() -> int:
     """What this machine's build of the kernel can do (bits of `CAPS`); 0 when unbuilt."""
     if not native.load_target(SOURCE, SYMBOLS[F32], TARGETS[F32], "attention"):
+        return 0
+    if not native.load_target(SOURCE, GRAD_SYMBOL, GRAD_TARGET, "attention gradient"):
         return 0
     lib = build.load(SOURCE, cxx=build.compiler(), cache=build.cache_dir())
     lib.PqmAttentionCaps.restype = ctypes.c_int32
@@ -93,26 +98,48 @@ def attend(
     return _attend(xla, (int(threads), bool(tiles)), q, k, v)
 
 
-def _kernel(options: tuple, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+def _ffi(target: str, shapes: tuple, *arrays: jax.Array, **attrs: int):
+    out = tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
+    call = jax.ffi.ffi_call(target, out, vmap_method="sequential")
+    return call(*arrays, **{name: np.int64(value) for name, value in attrs.items()})
+
+
+def _forward(options: tuple, q: jax.Array, k: jax.Array, v: jax.Array):
+    """The kernel's (out in v's dtype, lse float32 [G, Tq] or None for bfloat16)."""
     threads, tiles = options
-    dtype = jnp.dtype(q.dtype)
-    attrs = {"threads": threads} | ({"tiles": int(tiles)} if dtype == BF16 else {})
-    return native.call_kernel(TARGETS[dtype], q.shape, q, k, v, **attrs).astype(v.dtype)
+    if jnp.dtype(q.dtype) == F32:
+        return _ffi(TARGETS[F32], (q.shape, q.shape[:2]), q, k, v, threads=threads)
+    (out,) = _ffi(TARGETS[BF16], (q.shape,), q, k, v, threads=threads, tiles=int(tiles))
+    return out.astype(v.dtype), None
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _attend(xla: Attention, threads: int, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    return jax.lax.platform_dependent(q, k, v, cpu=functools.partial(_kernel, threads), default=xla)
+def _attend(xla: Attention, options: tuple, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    cpu = lambda q, k, v: _forward(options, q, k, v)[0]
+    return jax.lax.platform_dependent(q, k, v, cpu=cpu, default=xla)
 
 
 def _attend_fwd(xla, options, q, k, v):
-    # Under differentiation the forward value is XLA's, and its pullback keeps XLA's residuals:
-    # training costs what it did without the kernel (no second forward pass in the backward).
-    return jax.vjp(xla, q, k, v)
+    if jnp.dtype(q.dtype) != F32:
+        # bfloat16: XLA's forward and pullback (its residuals), as without the kernel.
+        return jax.vjp(xla, q, k, v)
+    # float32: the kernel's forward, keeping only the softmax's log-normaliser per row; the
+    # backward kernel recomputes the weights from it (no [Tq, Tk] residual per head).
+    no_lse = lambda q, k, v: (xla(q, k, v), jnp.zeros(q.shape[:2], jnp.float32))
+    out, lse = jax.lax.platform_dependent(
+        q, k, v, cpu=functools.partial(_forward, options), default=no_lse
+    )
+    return out, (q, k, v, out, lse)
 
 
-def _attend_bwd(xla, options, pullback, g):
-    return pullback(g)
+def _attend_bwd(xla, options, res, g):
+    if not isinstance(res, tuple):  # XLA's pullback
+        return res(g)
+    q, k, v, out, lse = res
+    threads, _ = options
+    grads = lambda *a: tuple(_ffi(GRAD_TARGET, (q.shape, k.shape, v.shape), *a, threads=threads))
+    xla_grads = lambda q, k, v, out, lse, g: jax.vjp(xla, q, k, v)[1](g)
+    return jax.lax.platform_dependent(q, k, v, out, lse, g, cpu=grads, default=xla_grads)
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)

@@ -115,15 +115,17 @@ inline __m512 Exp(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-// Row r of s[R, tk] (stride ld) becomes exp(s - max); returns the row's sum. Columns tk..ld-1
-// are set to 0 (the padded keys).
-inline float SoftmaxRow(float* s, int64_t tk, int64_t ld) {
+// Row r of s[R, tk] (stride ld) becomes exp(s - max); returns the row's sum (and its max in
+// `row_max` if given). Columns tk..ld-1 are set to 0 (the padded keys).
+inline float SoftmaxRow(float* s, int64_t tk, int64_t ld, float* row_max = nullptr) {
   __m512 m = _mm512_set1_ps(-INFINITY);
   int64_t j = 0;
   for (; j + 16 <= tk; j += 16) m = _mm512_max_ps(m, _mm512_load_ps(s + j));
   const __mmask16 tail = static_cast<__mmask16>((1u << (tk - j)) - 1);
   if (tk > j) m = _mm512_mask_max_ps(m, tail, m, _mm512_maskz_load_ps(tail, s + j));
-  const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+  const float top = _mm512_reduce_max_ps(m);
+  if (row_max != nullptr) *row_max = top;
+  const __m512 mx = _mm512_set1_ps(top);
   __m512 sum = _mm512_setzero_ps();
   for (j = 0; j + 16 <= tk; j += 16) {
     const __m512 e = Exp(_mm512_sub_ps(_mm512_load_ps(s + j), mx));
@@ -183,20 +185,105 @@ inline void ValueTileF32(const float* p, int64_t ldp, const float* v, int64_t tk
   }
 }
 
+// s[r, :ldk] = rows[r, :] @ kt for R rows of 64 (kt: [64, ldk], ldk a multiple of 16).
 template <int R>
-void RowsF32(const float* q, const float* kt, int64_t ldk, const float* v, int64_t tk, float* s,
-             float* out) {
+void ScoresF32(const float* rows, const float* kt, int64_t ldk, float* s) {
   int64_t j = 0;
-  for (; j + 64 <= ldk; j += 64) ScoreTileF32<R, 4>(q, kt, ldk, j, s, ldk);
+  for (; j + 64 <= ldk; j += 64) ScoreTileF32<R, 4>(rows, kt, ldk, j, s, ldk);
   switch ((ldk - j) / 16) {
-    case 3: ScoreTileF32<R, 3>(q, kt, ldk, j, s, ldk); break;
-    case 2: ScoreTileF32<R, 2>(q, kt, ldk, j, s, ldk); break;
-    case 1: ScoreTileF32<R, 1>(q, kt, ldk, j, s, ldk); break;
+    case 3: ScoreTileF32<R, 3>(rows, kt, ldk, j, s, ldk); break;
+    case 2: ScoreTileF32<R, 2>(rows, kt, ldk, j, s, ldk); break;
+    case 1: ScoreTileF32<R, 1>(rows, kt, ldk, j, s, ldk); break;
     default: break;
   }
-  float sums[kRows];
-  for (int r = 0; r < R; ++r) sums[r] = SoftmaxRow(s + r * ldk, tk, ldk);
+}
+
+// R query rows through scores, softmax and the value product; lse[r] = max + log(sum) of each
+// row's scores (what the backward pass recomputes the weights from).
+template <int R>
+void RowsF32(const float* q, const float* kt, int64_t ldk, const float* v, int64_t tk, float* s,
+             float* out, float* lse) {
+  ScoresF32<R>(q, kt, ldk, s);
+  float sums[kRows], maxes[kRows];
+  for (int r = 0; r < R; ++r) {
+    sums[r] = SoftmaxRow(s + r * ldk, tk, ldk, &maxes[r]);
+    lse[r] = maxes[r] + std::log(sums[r]);
+  }
   ValueTileF32<R>(s, ldk, v, tk, sums, out);
+}
+
+// Keys or values of one (batch, head) transposed: dst[c, j] = src[j, c], zero-padded to ldk.
+void TransposeF32(const float* src, int64_t tk, int64_t ldk, float* dst) {
+  for (int64_t c = 0; c < kHead; ++c) {
+    float* row = dst + c * ldk;
+    for (int64_t j = 0; j < tk; ++j) row[j] = src[j * kHead + c];
+    for (int64_t j = tk; j < ldk; ++j) row[j] = 0.0f;
+  }
+}
+
+// ---- float32 backward -------------------------------------------------------------------------
+
+// s[:tk] = exp(s - lse) in place (the softmax weights), padded columns 0.
+inline void WeightsRow(float* s, int64_t tk, int64_t ld, float lse) {
+  const __m512 l = _mm512_set1_ps(lse);
+  int64_t j = 0;
+  for (; j + 16 <= tk; j += 16) {
+    _mm512_store_ps(s + j, Exp(_mm512_sub_ps(_mm512_load_ps(s + j), l)));
+  }
+  if (tk > j) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (tk - j)) - 1);
+    _mm512_store_ps(s + j, _mm512_maskz_mov_ps(tail, Exp(_mm512_sub_ps(_mm512_load_ps(s + j), l))));
+    j += 16;
+  }
+  for (; j < ld; j += 16) _mm512_store_ps(s + j, _mm512_setzero_ps());
+}
+
+// acc[j, :] += sum_r p[r, j] x[r, :] for j < tk: the R rows of x stay in registers.
+template <int R>
+void RankUpdateF32(const float* p, int64_t ldp, const float* x, int64_t tk, float* acc) {
+  __m512 xr[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < 4; ++t) xr[r][t] = _mm512_loadu_ps(x + r * kHead + 16 * t);
+  for (int64_t j = 0; j < tk; ++j) {
+    float* a = acc + j * kHead;
+    __m512 sum[4];
+    for (int t = 0; t < 4; ++t) sum[t] = _mm512_loadu_ps(a + 16 * t);
+    for (int r = 0; r < R; ++r) {
+      const __m512 pb = _mm512_set1_ps(p[r * ldp + j]);
+      for (int t = 0; t < 4; ++t) sum[t] = _mm512_fmadd_ps(pb, xr[r][t], sum[t]);
+    }
+    for (int t = 0; t < 4; ++t) _mm512_storeu_ps(a + 16 * t, sum[t]);
+  }
+}
+
+// Gradients of R query rows: p = softmax weights (recomputed from lse), dp = dO @ v.T,
+// ds = p * (dp - rowsum(dO * O)); dq = ds @ k; dk += ds.T @ q; dv += p.T @ dO.
+template <int R>
+void GradRowsF32(const float* q, const float* o, const float* dout, const float* lse,
+                 const float* kt, const float* vt, const float* k, int64_t tk, int64_t ldk,
+                 float* p, float* ds, float* dq, float* dk, float* dv) {
+  ScoresF32<R>(q, kt, ldk, p);
+  ScoresF32<R>(dout, vt, ldk, ds);
+  float ones[kRows];
+  for (int r = 0; r < R; ++r) {
+    ones[r] = 1.0f;
+    WeightsRow(p + r * ldk, tk, ldk, lse[r]);
+    __m512 dot = _mm512_setzero_ps();
+    for (int t = 0; t < 4; ++t) {
+      dot = _mm512_fmadd_ps(_mm512_loadu_ps(dout + r * kHead + 16 * t),
+                            _mm512_loadu_ps(o + r * kHead + 16 * t), dot);
+    }
+    const __m512 delta = _mm512_set1_ps(_mm512_reduce_add_ps(dot));
+    float* row = ds + r * ldk;
+    const float* w = p + r * ldk;
+    for (int64_t j = 0; j < ldk; j += 16) {
+      const __m512 g = _mm512_sub_ps(_mm512_load_ps(row + j), delta);
+      _mm512_store_ps(row + j, _mm512_mul_ps(_mm512_load_ps(w + j), g));
+    }
+  }
+  ValueTileF32<R>(ds, ldk, k, tk, ones, dq);
+  RankUpdateF32<R>(p, ldk, dout, tk, dv);
+  RankUpdateF32<R>(ds, ldk, q, tk, dk);
 }
 
 // ---- bfloat16 ---------------------------------------------------------------------------------
@@ -430,6 +517,8 @@ void WithRows(int64_t rows, F&& f) {
 using F32 = ffi::Buffer<ffi::F32, 3>;
 using BF16 = ffi::Buffer<ffi::BF16, 3>;
 using Out = ffi::ResultBuffer<ffi::F32, 3>;
+using Rows = ffi::Buffer<ffi::F32, 2>;         // one float per query row
+using RowsOut = ffi::ResultBuffer<ffi::F32, 2>;
 
 struct Dims {
   int64_t groups, tq, tk;
@@ -463,7 +552,7 @@ int64_t ThreadsFor(const Dims& d, int64_t threads, const ffi::ThreadPool& pool) 
 
 ffi::Error AttentionF32(ffi::ThreadPool pool, ffi::Buffer<ffi::F32, 3> q,
                         ffi::Buffer<ffi::F32, 3> k, ffi::Buffer<ffi::F32, 3> v, int64_t threads,
-                        ffi::ResultBuffer<ffi::F32, 3> out) {
+                        ffi::ResultBuffer<ffi::F32, 3> out, RowsOut lse) {
 #ifdef __AVX512F__
   Dims d;
   if (auto e = Check(q, k, v, out, &d); e.failure()) return e;
@@ -473,27 +562,24 @@ ffi::Error AttentionF32(ffi::ThreadPool pool, ffi::Buffer<ffi::F32, 3> q,
   const float* kp = k.typed_data();
   const float* vp = v.typed_data();
   float* op = out->typed_data();
+  float* lp = lse->typed_data();
   const int64_t ldk = RoundUp(d.tk, 16), chunks = d.chunks();
   const auto run = [&](int64_t u0, int64_t u1) {
     Scratch<float> kt = Allocate<float>(kHead * ldk), s = Allocate<float>(kRows * ldk);
     int64_t loaded = -1;
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t g = u / chunks, r0 = (u % chunks) * kChunk, r1 = std::min(d.tq, r0 + kChunk);
-      if (g != loaded) {  // keys of this (batch, head), transposed: kt[c, j], zero-padded
-        const float* kg = kp + g * d.tk * kHead;
-        for (int64_t c = 0; c < kHead; ++c) {
-          float* row = kt.get() + c * ldk;
-          for (int64_t j = 0; j < d.tk; ++j) row[j] = kg[j * kHead + c];
-          for (int64_t j = d.tk; j < ldk; ++j) row[j] = 0.0f;
-        }
+      if (g != loaded) {
+        TransposeF32(kp + g * d.tk * kHead, d.tk, ldk, kt.get());
         loaded = g;
       }
       const float* vg = vp + g * d.tk * kHead;
       for (int64_t r = r0; r < r1; r += kRows) {
         const int64_t n = std::min<int64_t>(kRows, r1 - r);
-        const int64_t at = (g * d.tq + r) * kHead;
+        const int64_t row = g * d.tq + r;
         WithRows(n, [&](auto rows) {
-          RowsF32<decltype(rows)::value>(qp + at, kt.get(), ldk, vg, d.tk, s.get(), op + at);
+          RowsF32<decltype(rows)::value>(qp + row * kHead, kt.get(), ldk, vg, d.tk, s.get(),
+                                         op + row * kHead, lp + row);
         });
       }
     }
@@ -586,7 +672,72 @@ ffi::Error AttentionBF16(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16, 3> q,
 #endif
 }
 
+ffi::Error AttentionGradF32(ffi::ThreadPool pool, F32 q, F32 k, F32 v, F32 o,
+                            Rows lse, F32 dout, int64_t threads, Out dq,
+                            Out dk, Out dv) {
+#ifdef __AVX512F__
+  Dims d;
+  if (auto e = Check(q, k, v, dq, &d); e.failure()) return e;
+  const auto od = o.dimensions(), dd = dout.dimensions(), ld = lse.dimensions();
+  const auto kd = dk->dimensions(), vd = dv->dimensions();
+  const bool ok = od[0] == d.groups && od[1] == d.tq && od[2] == kHead && dd[0] == d.groups &&
+                  dd[1] == d.tq && dd[2] == kHead && ld[0] == d.groups && ld[1] == d.tq &&
+                  kd[0] == d.groups && kd[1] == d.tk && vd[0] == d.groups && vd[1] == d.tk;
+  if (!ok) return ffi::Error::InvalidArgument("attention gradient: shapes do not match q, k, v");
+  if (d.groups == 0) return ffi::Error::Success();
+  const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
+  const float *opp = o.typed_data(), *lp = lse.typed_data(), *gp = dout.typed_data();
+  float *dqp = dq->typed_data(), *dkp = dk->typed_data(), *dvp = dv->typed_data();
+  const int64_t ldk = RoundUp(std::max<int64_t>(d.tk, 1), 16);
+  // One (batch, head) per unit: its key and value gradients sum over all its query rows.
+  const auto run = [&](int64_t g0, int64_t g1) {
+    Scratch<float> kt = Allocate<float>(kHead * ldk), vt = Allocate<float>(kHead * ldk);
+    Scratch<float> p = Allocate<float>(kRows * ldk), ds = Allocate<float>(kRows * ldk);
+    for (int64_t g = g0; g < g1; ++g) {
+      const float* kg = kp + g * d.tk * kHead;
+      float* dkg = dkp + g * d.tk * kHead;
+      float* dvg = dvp + g * d.tk * kHead;
+      std::fill(dkg, dkg + d.tk * kHead, 0.0f);
+      std::fill(dvg, dvg + d.tk * kHead, 0.0f);
+      if (d.tk == 0) continue;
+      TransposeF32(kg, d.tk, ldk, kt.get());
+      TransposeF32(vp + g * d.tk * kHead, d.tk, ldk, vt.get());
+      for (int64_t r = 0; r < d.tq; r += kRows) {
+        const int64_t n = std::min<int64_t>(kRows, d.tq - r), row = g * d.tq + r;
+        const int64_t at = row * kHead;
+        WithRows(n, [&](auto rows) {
+          GradRowsF32<decltype(rows)::value>(qp + at, opp + at, gp + at, lp + row, kt.get(),
+                                             vt.get(), kg, d.tk, ldk, p.get(), ds.get(),
+                                             dqp + at, dkg, dvg);
+        });
+      }
+    }
+  };
+  const int64_t work = d.groups * d.tq * d.tk * kHead * 5;
+  const int64_t t = pqm::Threads(threads, work, kMinWorkPerThread, pool.num_threads());
+  pqm::RunParallel(run, d.groups, std::max<int64_t>(1, std::min(t, d.groups)), pool);
+  return ffi::Error::Success();
+#else
+  return ffi::Error(ffi::ErrorCode::kUnimplemented,
+                    "this build has no AVX-512 (see PqmAttentionCaps)");
+#endif
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PqmAttentionGradF32, AttentionGradF32,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()                       // q [G, Tq, 64], scaled
+                                  .Arg<F32>()                       // k [G, Tk, 64]
+                                  .Arg<F32>()                       // v [G, Tk, 64]
+                                  .Arg<F32>()                       // o [G, Tq, 64]
+                                  .Arg<Rows>()                      // lse [G, Tq]
+                                  .Arg<F32>()                       // dO [G, Tq, 64]
+                                  .Attr<int64_t>("threads")         // 0: by size and pool
+                                  .Ret<F32>()                       // dq [G, Tq, 64]
+                                  .Ret<F32>()                       // dk [G, Tk, 64]
+                                  .Ret<F32>());                     // dv [G, Tk, 64]
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PqmAttentionF32, AttentionF32,
                               ffi::Ffi::Bind()
@@ -595,7 +746,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PqmAttentionF32, AttentionF32,
                                   .Arg<F32>()  // k [G, Tk, 64]
                                   .Arg<F32>()  // v [G, Tk, 64]
                                   .Attr<int64_t>("threads")         // 0: by size and pool
-                                  .Ret<F32>());  // out [G, Tq, 64]
+                                  .Ret<F32>()    // out [G, Tq, 64]
+                                  .Ret<Rows>());  // lse [G, Tq]
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PqmAttentionBF16, AttentionBF16,
                               ffi::Ffi::Bind()
