@@ -8,8 +8,13 @@ values, timed in turns (`limits.alternating`). Each of our rows is rated against
 dtype measured in the same run (bfloat16: float32 accumulation, AMX where the CPU has it); FLOPs
 are the two products', 4 * G * Tq * Tk * 64.
 
+With `--grad`, float32 forward + backward (our backward kernel against XLA's autodiff of its
+formulation and torch's SDPA backward). With `--step-windows 8,30`, one speaker's float32
+training step of tiny.en (bench_adapt_limit.py's step, batch `--step-batch`) at those windows,
+traced with the kernel and with `PQM_NATIVE_ATTENTION=0`, timed in turns in this process.
+
 Run: python bench/bench_attention.py [--batch 8] [--heads 6] [--frames 1500] [--repeats 7]
-     [--dtype float32,bfloat16] [--json FILE]
+     [--dtype float32,bfloat16] [--grad] [--step-windows 8,30] [--step-batch 8] [--json FILE]
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import limits
 import numpy as np
 import report
 
+from pqm_jax import jit_cache
 from pqm_jax.models.common import attention as attn
 from pqm_jax.quant.native import attention as native_attention
 
@@ -39,6 +45,32 @@ def contenders(q, k, v, tq, tk, tv) -> dict:
         "ours": lambda: ours(q, k, v),
         "xla": lambda: xla(q, k, v),
         "sdpa": lambda: sdpa(tq, tk, tv, scale=1.0),
+    }
+
+
+def grad_contenders(q, k, v, g, tq, tk, tv, tg) -> dict:
+    """Forward and backward (the gradients of q, k, v for an output gradient g) of ours, XLA's
+    formulation and torch's SDPA."""
+    import torch
+
+    def vjp(f):
+        return jax.jit(lambda q, k, v, g: jax.vjp(f, q, k, v)[1](g))
+
+    ours = vjp(lambda q, k, v: attn._attend_per_head(q[None], k[None], v[None])[0])
+    xla = vjp(attn._per_head)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    leaves = [t.detach().clone().requires_grad_(True) for t in (tq, tk, tv)]
+
+    def torch_grads():
+        for t in leaves:
+            t.grad = None
+        sdpa(*leaves, scale=1.0).backward(tg)
+        return [t.grad for t in leaves]
+
+    return {
+        "ours": lambda: ours(q, k, v, g),
+        "xla": lambda: xla(q, k, v, g),
+        "sdpa": torch_grads,
     }
 
 
@@ -83,6 +115,78 @@ def measure(batch: int, heads: int, frames: int, repeats: int, dtypes: list[str]
     return rows
 
 
+def measure_grad(batch: int, heads: int, frames: int, repeats: int) -> list[report.Row]:
+    """float32 forward + backward; FLOPs: forward 4 G T^2 64, backward 10 G T^2 64 (scores
+    recomputed, then four products), as the kernel does them (XLA keeps the weights instead)."""
+    import torch
+
+    g = batch * heads
+    rng = np.random.default_rng(1)
+    base = [rng.standard_normal((g, frames, 64)).astype(np.float32) * s for s in (0.4, 0.4, 1, 1)]
+    q, k, v, dout = (jnp.asarray(a) for a in base)
+    calls = grad_contenders(q, k, v, dout, *(torch.from_numpy(a) for a in base))
+    times = limits.alternating(calls, repeats)
+    rate = limits.matmul_rate(dtype="float32")
+    flops = 14.0 * g * frames * frames * 64
+    ours, xla = calls["ours"](), calls["xla"]()
+    err = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(ours, xla))
+    route = "native kernels" if native_attention.supports(jnp.float32) else "XLA (no kernel here)"
+    rows = []
+    for peer, peer_name in (("xla", "XLA head by head"), ("sdpa", "torch SDPA")):
+        rows.append(
+            report.row(
+                f"attention float32 forward + backward [{g}, {frames}, 64]",
+                times["ours"],
+                times[peer],
+                peer_name=peer_name,
+                unit="s",
+                better="lower",
+                note=f"ours: {route}; max |ours - XLA's| over dq, dk, dv {err:.2g}",
+                limit=flops / statistics.median(times["ours"]) / rate,
+                limit_name=limits.describe_rate(rate, "float32"),
+            )
+        )
+    return rows
+
+
+def measure_step(window: float, batch: int, repeats: int) -> list[report.Row]:
+    """One speaker's float32 training step of tiny.en at `window` seconds (the adaptation step of
+    bench_adapt_limit.py, batch `batch`), traced with the kernel and with
+    `PQM_NATIVE_ATTENTION=0` (XLA's attention), timed in turns in this process."""
+    import os
+
+    import bench_adapt_limit
+
+    base, cfg = bench_adapt_limit._base("none", window)
+    programs = {}
+    for name, switch in (("ours", "1"), ("xla", "0")):
+        os.environ["PQM_NATIVE_ATTENTION"] = switch
+        jit_cache.clear()  # trace afresh: the switch is read when a program is traced
+        jax.clear_caches()
+        programs[name] = bench_adapt_limit._program(base, cfg, 1, batch, 16)
+    routes = {name: "pqm_attention" in c.as_text() for name, (c, _) in programs.items()}
+    if routes != {"ours": True, "xla": False}:
+        raise RuntimeError(f"the two programs do not differ as meant: kernel in {routes}")
+    os.environ.pop("PQM_NATIVE_ATTENTION")
+    calls = {name: (lambda c=c, a=a: c(*a)) for name, (c, a) in programs.items()}
+    times = limits.alternating(calls, repeats)
+    rate = limits.matmul_rate(dtype="float32")
+    flops = limits.flops(programs["xla"][0])
+    return [
+        report.row(
+            f"training step, tiny.en, {window:g} s window, batch {batch}, LoRA r 8",
+            times["ours"],
+            times["xla"],
+            peer_name="same step with XLA's attention (PQM_NATIVE_ATTENTION=0)",
+            unit="s",
+            better="lower",
+            note=f"{flops / 1e9:.1f} GFLOP (XLA's count for the XLA-attention program)",
+            limit=flops / statistics.median(times["ours"]) / rate,
+            limit_name=limits.describe_rate(rate, "float32"),
+        )
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=8)
@@ -90,6 +194,9 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=1500)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--dtype", default="float32,bfloat16")
+    ap.add_argument("--grad", action="store_true", help="also forward + backward (float32)")
+    ap.add_argument("--step-windows", default="", help="e.g. 8,30: training steps at these")
+    ap.add_argument("--step-batch", type=int, default=8)
     ap.add_argument("--json", help="also write the rows here (for bench/run_all.py)")
     args = ap.parse_args()
 
@@ -97,6 +204,10 @@ def main() -> None:
 
     dtypes = [d for d in args.dtype.split(",") if d]
     rows = measure(args.batch, args.heads, args.frames, args.repeats, dtypes)
+    if args.grad:
+        rows += measure_grad(args.batch, args.heads, args.frames, args.repeats)
+    for window in [float(w) for w in args.step_windows.split(",") if w]:
+        rows += measure_step(window, args.step_batch, args.repeats)
     if args.json:
         setting = [
             f"batch {args.batch} x {args.heads} heads, {args.frames} frames, head size 64, "
@@ -110,13 +221,12 @@ def main() -> None:
         f"# encoder attention, batch {args.batch} x {args.heads} heads, {args.frames} frames, "
         f"median of {args.repeats}; caps {native_attention.caps()}"
     )
-    print("| dtype | peer | ours (s) | peer (s) | reading | ours: of machine limit | note |")
+    print("| figure | peer | ours (s) | peer (s) | reading | ours: of machine limit | note |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        dtype = r.figure.split()[1]
         print(
-            f"| {dtype} | {r.peer_name} | {r.ours:.4f} | {r.peer:.4f} | {report.reading(r)} | "
-            f"{report.limit_cell(r)} | {r.note} |"
+            f"| {r.figure} | {r.peer_name} | {r.ours:.4f} | {r.peer:.4f} | {report.reading(r)} "
+            f"| {report.limit_cell(r)} | {r.note} |"
         )
 
 

@@ -176,6 +176,16 @@ def test_with_native_off_it_gives_none(monkeypatch):
     assert native_attention.attend(q, k, v, xla=attn._per_head) is None
 
 
+def test_the_attention_switch_turns_this_kernel_alone_off(monkeypatch):
+    q, k, v = _qkv(2, 20, 30, jnp.float32)
+    monkeypatch.setenv("PQM_NATIVE_ATTENTION", "0")
+    assert native_attention.attend(q, k, v, xla=attn._per_head) is None
+    program = jax.jit(attn._attend_per_head).lower(*(a[None] for a in (q, k, v))).as_text()
+    assert "pqm_attention" not in program
+    monkeypatch.setenv("PQM_NATIVE_ATTENTION", "1")
+    assert native_attention.attend(q, k, v, xla=attn._per_head) is not None
+
+
 def test_a_build_without_avx512_says_it_can_do_nothing(tmp_path):
     from pqm_jax.quant.native import build
 

@@ -3,14 +3,15 @@
 Why: XLA's CPU backend runs the encoder's 1,500 x 1,500 attention one (batch, head) pair at a
 time as two products with the scores written out between them; `attention_cpu.cc` keeps a few
 query rows' scores in cache from their product to the value product, and multiplies bfloat16
-inputs in pairs with float32 sums (AVX512-BF16) instead of widening them first. Measured on 2
-cores (tiny.en's shapes, batch 8, one layer): see `bench/bench_attention.py`.
+inputs on the AMX tile unit (or in AVX512-BF16 pairs) with float32 sums instead of widening them
+first. Measured on 2 cores (tiny.en's shapes, batch 8, one layer): `bench/bench_attention.py`.
 
 `attend(q, k, v)` takes q [G, Tq, 64] (already scaled), k, v [G, Tk, 64], float32 or bfloat16,
 and returns [G, Tq, 64] in v's dtype, or None where the kernel does not take the inputs (head size
 not 64, mixed dtypes, no AVX-512 / AVX512-BF16 in this build, arrays split over an Explicit mesh
-axis, a GPU/TPU host, `PQM_NATIVE=0`, several devices; see `native.kernel_host`). Results are close
-to XLA's, not bit-equal (sums in the kernel's order; exp by its own polynomial, ~1 ulp).
+axis, a GPU/TPU host, `PQM_NATIVE=0` or `PQM_NATIVE_ATTENTION=0`, several devices; see
+`native.kernel_host`). Results are close to XLA's, not bit-equal (sums in the kernel's order;
+exp by its own polynomial, ~1 ulp).
 
 Derivatives: in float32 a second kernel computes the gradients of q, k and v (flash-attention's
 backward: the weights recomputed per few query rows from the forward's log-normaliser per row,
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import pathlib
 from collections.abc import Callable
 
@@ -62,7 +64,10 @@ def caps() -> int:
 
 
 def supports(dtype) -> bool:
-    """True when the kernel runs attention in `dtype` in this process (see the module doc)."""
+    """True when the kernel runs attention in `dtype` in this process (see the module doc);
+    `PQM_NATIVE_ATTENTION=0` (read when a program is traced) turns this kernel alone off."""
+    if os.environ.get("PQM_NATIVE_ATTENTION", "1") == "0":
+        return False
     dtype = jnp.dtype(dtype)
     return dtype in CAPS and native.kernel_host(lambda: bool(caps() & CAPS[dtype]))
 
