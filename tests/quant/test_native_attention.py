@@ -196,10 +196,17 @@ def test_a_build_without_avx512_says_it_can_do_nothing(tmp_path):
 
 
 def test_under_vmap_each_element_is_its_own_attention():
-    """A bank of speakers' encoders (vmap over a leading axis): the kernel runs per element."""
+    """A bank of speakers' encoders (vmap over a leading axis): one kernel call takes every
+    element (no loop in the program), forward and backward."""
     q, k, v = (a.reshape(3, 1, 2, 40, 64) for a in _qkv(6, 40, 40, jnp.float32, seed=4))
     f = jax.jit(jax.vmap(attn._attend_per_head))
-    assert "pqm_attention_f32" in f.lower(q, k, v).as_text()
+    program = f.lower(q, k, v).as_text()
+    assert program.count("pqm_attention_f32") == 1 and "while" not in program
     ours = np.asarray(f(q, k, v), np.float64)
     exact = _exact(*(a.reshape(6, 40, 64) for a in (q, k, v))).reshape(ours.shape)
     assert np.abs(ours - exact).max() <= 2e-6 * np.abs(exact).max()
+    banked, program = _grads(jax.vmap(attn._attend_per_head), q, k, v)
+    assert native_attention.GRAD_TARGET in program and "while" not in program
+    one_by_one, _ = _grads(_flat(attn._per_head, 6), q, k, v)
+    for a, b in zip(banked, one_by_one, strict=True):
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 1e-5 * np.abs(np.asarray(b)).max()

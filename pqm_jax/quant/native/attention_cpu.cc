@@ -514,33 +514,52 @@ void WithRows(int64_t rows, F&& f) {
 
 #endif  // __AVX512F__
 
-using F32 = ffi::Buffer<ffi::F32, 3>;
-using BF16 = ffi::Buffer<ffi::BF16, 3>;
-using Out = ffi::ResultBuffer<ffi::F32, 3>;
-using Rows = ffi::Buffer<ffi::F32, 2>;         // one float per query row
-using RowsOut = ffi::ResultBuffer<ffi::F32, 2>;
+// Any rank >= 3 ([..., T, 64]; lse [..., T]): the leading axes are the groups, so that a vmapped
+// call (vmap_method "broadcast_all") is one call over all its elements' groups.
+using F32 = ffi::Buffer<ffi::F32>;
+using BF16 = ffi::Buffer<ffi::BF16>;
+using Out = ffi::ResultBuffer<ffi::F32>;
+using Rows = ffi::Buffer<ffi::F32>;  // one float per query row
+using RowsOut = ffi::ResultBuffer<ffi::F32>;
 
 struct Dims {
   int64_t groups, tq, tk;
   int64_t chunks() const { return (tq + kChunk - 1) / kChunk; }
 };
 
-template <ffi::DataType T>
-ffi::Error Check(const ffi::Buffer<T, 3>& q, const ffi::Buffer<T, 3>& k,
-                 const ffi::Buffer<T, 3>& v, ffi::ResultBuffer<ffi::F32, 3>& out, Dims* dims) {
-  const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(),
-             od = out->dimensions();
-  const bool ok = qd[2] == kHead && kd[2] == kHead && vd[2] == kHead && kd[0] == qd[0] &&
-                  vd[0] == qd[0] && vd[1] == kd[1] && od[0] == qd[0] && od[1] == qd[1] &&
-                  od[2] == kHead;
+// A shape [..., t, c] (trailing 2) or [..., t] (trailing 1; c = 1) with its leading axes (at
+// least one) folded into groups; groups -1 when the rank is too small.
+struct Folded {
+  int64_t groups = -1, t = 0, c = 0;
+};
+
+template <typename Dimensions>
+Folded Fold(const Dimensions& d, int trailing) {
+  const int64_t n = static_cast<int64_t>(d.size());
+  if (n < trailing + 1) return {};
+  Folded f{1, d[n - trailing], trailing == 2 ? d[n - 1] : 1};
+  for (int64_t i = 0; i < n - trailing; ++i) f.groups *= d[i];
+  return f;
+}
+
+std::string Describe(const Folded& f) {
+  return "[" + std::to_string(f.groups) + " groups, " + std::to_string(f.t) + ", " +
+         std::to_string(f.c) + "]";
+}
+
+template <typename In>
+ffi::Error Check(const In& q, const In& k, const In& v, Out& out, Dims* dims) {
+  const Folded fq = Fold(q.dimensions(), 2), fk = Fold(k.dimensions(), 2);
+  const Folded fv = Fold(v.dimensions(), 2), fo = Fold(out->dimensions(), 2);
+  const bool ok = fq.groups >= 0 && fq.c == kHead && fk.c == kHead && fv.c == kHead &&
+                  fk.groups == fq.groups && fv.groups == fq.groups && fv.t == fk.t &&
+                  fo.groups == fq.groups && fo.t == fq.t && fo.c == kHead;
   if (!ok) {
     return ffi::Error::InvalidArgument(
-        "attention takes q [G, Tq, 64], k and v [G, Tk, 64]; got q [" + std::to_string(qd[0]) +
-        ", " + std::to_string(qd[1]) + ", " + std::to_string(qd[2]) + "], k [" +
-        std::to_string(kd[0]) + ", " + std::to_string(kd[1]) + ", " + std::to_string(kd[2]) +
-        "]");
+        "attention takes q [..., Tq, 64], k and v [..., Tk, 64]; got q " + Describe(fq) +
+        ", k " + Describe(fk) + ", v " + Describe(fv));
   }
-  *dims = Dims{qd[0], qd[1], kd[1]};
+  *dims = Dims{fq.groups, fq.t, fk.t};
   return ffi::Error::Success();
 }
 
@@ -550,9 +569,8 @@ int64_t ThreadsFor(const Dims& d, int64_t threads, const ffi::ThreadPool& pool) 
   return std::max<int64_t>(1, std::min(t, d.groups * d.chunks()));
 }
 
-ffi::Error AttentionF32(ffi::ThreadPool pool, ffi::Buffer<ffi::F32, 3> q,
-                        ffi::Buffer<ffi::F32, 3> k, ffi::Buffer<ffi::F32, 3> v, int64_t threads,
-                        ffi::ResultBuffer<ffi::F32, 3> out, RowsOut lse) {
+ffi::Error AttentionF32(ffi::ThreadPool pool, F32 q, F32 k, F32 v, int64_t threads, Out out,
+                        RowsOut lse) {
 #ifdef __AVX512F__
   Dims d;
   if (auto e = Check(q, k, v, out, &d); e.failure()) return e;
@@ -562,6 +580,10 @@ ffi::Error AttentionF32(ffi::ThreadPool pool, ffi::Buffer<ffi::F32, 3> q,
   const float* kp = k.typed_data();
   const float* vp = v.typed_data();
   float* op = out->typed_data();
+  const Folded fl = Fold(lse->dimensions(), 1);
+  if (fl.groups != d.groups || fl.t != d.tq) {
+    return ffi::Error::InvalidArgument("attention: lse must be [..., Tq] as q's rows");
+  }
   float* lp = lse->typed_data();
   const int64_t ldk = RoundUp(d.tk, 16), chunks = d.chunks();
   const auto run = [&](int64_t u0, int64_t u1) {
@@ -592,9 +614,8 @@ ffi::Error AttentionF32(ffi::ThreadPool pool, ffi::Buffer<ffi::F32, 3> q,
 #endif
 }
 
-ffi::Error AttentionBF16(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16, 3> q,
-                         ffi::Buffer<ffi::BF16, 3> k, ffi::Buffer<ffi::BF16, 3> v,
-                         int64_t threads, int64_t tiles, ffi::ResultBuffer<ffi::F32, 3> out) {
+ffi::Error AttentionBF16(ffi::ThreadPool pool, BF16 q, BF16 k, BF16 v, int64_t threads,
+                         int64_t tiles, Out out) {
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
   Dims d;
   if (auto e = Check(q, k, v, out, &d); e.failure()) return e;
@@ -678,11 +699,14 @@ ffi::Error AttentionGradF32(ffi::ThreadPool pool, F32 q, F32 k, F32 v, F32 o,
 #ifdef __AVX512F__
   Dims d;
   if (auto e = Check(q, k, v, dq, &d); e.failure()) return e;
-  const auto od = o.dimensions(), dd = dout.dimensions(), ld = lse.dimensions();
-  const auto kd = dk->dimensions(), vd = dv->dimensions();
-  const bool ok = od[0] == d.groups && od[1] == d.tq && od[2] == kHead && dd[0] == d.groups &&
-                  dd[1] == d.tq && dd[2] == kHead && ld[0] == d.groups && ld[1] == d.tq &&
-                  kd[0] == d.groups && kd[1] == d.tk && vd[0] == d.groups && vd[1] == d.tk;
+  const Folded fo = Fold(o.dimensions(), 2), fd = Fold(dout.dimensions(), 2);
+  const Folded fl = Fold(lse.dimensions(), 1), fk = Fold(dk->dimensions(), 2);
+  const Folded fv = Fold(dv->dimensions(), 2);
+  const auto same = [&](const Folded& f, int64_t t, int64_t c) {
+    return f.groups == d.groups && f.t == t && f.c == c;
+  };
+  const bool ok = same(fo, d.tq, kHead) && same(fd, d.tq, kHead) && same(fl, d.tq, 1) &&
+                  same(fk, d.tk, kHead) && same(fv, d.tk, kHead);
   if (!ok) return ffi::Error::InvalidArgument("attention gradient: shapes do not match q, k, v");
   if (d.groups == 0) return ffi::Error::Success();
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
