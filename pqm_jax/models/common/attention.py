@@ -163,7 +163,7 @@ def _attend_per_head(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
     On CPU (head size 64, float32 or bfloat16) a native kernel fuses the scores, softmax and
     value product (`quant.native.attention`; tiny.en's encoder layer at batch 8 on 2 cores: about
-    2x faster than `_per_head` in float32, 4.5x in bfloat16 on AMX), with a float32 backward
+    1.7-2x faster than `_per_head` in float32, 4.4x in bfloat16 on AMX), with a float32 backward
     kernel for gradients. Elsewhere (and bfloat16 gradients) it is `_per_head`.
     """
     b, h, tq, c = q.shape
