@@ -82,10 +82,11 @@ SECTIONS = {
         "--slots 1,2 --window 1 --tokens 8 --batch 1 --repeats 2",
     ),
     "attention": (
-        "Encoder attention: the native kernel against XLA's formulation and torch SDPA",
+        "Encoder attention: the native kernels against XLA's formulation and torch SDPA; training steps",
         "bench/bench_attention.py",
-        "--batch 8 --heads 6 --frames 1500 --repeats 7 --dtype float32,bfloat16",
-        "--batch 1 --heads 2 --frames 300 --repeats 2 --dtype float32",
+        "--batch 8 --heads 6 --frames 1500 --repeats 5 --dtype float32,bfloat16 --grad "
+        "--step-windows 8,30 --step-batch 8",
+        "--batch 1 --heads 2 --frames 300 --repeats 2 --dtype float32 --grad",
     ),
     "lora_products": (
         "LoRA products by hand against autodiff of the plain formula: the 16-speaker step",
