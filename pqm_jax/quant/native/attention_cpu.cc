@@ -1,21 +1,25 @@
 // Unmasked softmax attention over long sequences (Whisper's encoder: 1,500 x 1,500 scores per
 // head), fused: scores, softmax and the value product for a few query rows at a time, as XLA
-// FFI handlers (float32 and bfloat16 inputs, float32 output).
+// FFI handlers: forward in float32 and bfloat16 (float32 output), backward in float32.
 //
 // Why: XLA's CPU backend runs the encoder's attention one (batch, head) pair at a time as two
 // products with the 1,500 x 1,500 scores written out and read back between them, packing both
 // operands for each product; on 2 cores that ran at about half the float32 matmul rate, and in
 // bfloat16 slower than in float32. Here six query rows' scores (36 KB) stay in the first-level
 // cache from their product to the value product, the keys are laid out once per (batch, head)
-// so that each score tile is a plain register-blocked product, and bfloat16 inputs multiply in
-// pairs (`vdpbf16ps`, float32 sums) without being widened first.
+// so that each score tile is a plain register-blocked product, and bfloat16 inputs multiply on
+// the AMX tile unit (sixteen rows at a time) or, without one, in pairs (`vdpbf16ps`), with
+// float32 sums and without being widened first.
 //
-// Semantics (as `attention._attend_per_head`): out = (exp(s - max s) @ v) / sum exp(s - max s)
-// per row, s = q @ k.T in float32 (queries already scaled). In bfloat16 the exponentials are
-// rounded to bfloat16 for the value product, their sum is taken in float32. Sums run in the
-// kernel's own order: results are close to XLA's, not bit-equal.
+// Semantics (as `attention._per_head`): out = (exp(s - max s) @ v) / sum exp(s - max s) per row,
+// s = q @ k.T in float32 (queries already scaled). In bfloat16 the exponentials are rounded to
+// bfloat16 for the value product, their sum is taken in float32. The float32 forward also
+// returns lse = max s + log(sum exp(s - max s)) per row, from which the backward recomputes the
+// weights (flash-attention's backward: no [Tq, Tk] matrix is kept). Sums run in the kernel's own
+// order: results are close to XLA's, not bit-equal.
 //
-// Requires AVX-512 (AVX512-BF16 for the bfloat16 handler) and a head size of 64;
+// Inputs are [..., T, 64] with any leading axes folded into groups (a vmapped call passes its
+// mapped axis there). Requires AVX-512 (AVX512-BF16 for bfloat16) and a head size of 64;
 // `PqmAttentionCaps()` says what this build can do, and callers keep XLA's formulation otherwise.
 
 #include <cmath>
@@ -86,10 +90,13 @@ struct Free {
 template <typename T>
 using Scratch = std::unique_ptr<T[], Free>;
 
+// A few hundred KB of per-thread scratch, 64-byte aligned; out of memory aborts (as XLA does).
 template <typename T>
 Scratch<T> Allocate(int64_t n) {
   const size_t bytes = ((static_cast<size_t>(n) * sizeof(T) + 63) / 64) * 64;
-  return Scratch<T>(static_cast<T*>(std::aligned_alloc(64, bytes ? bytes : 64)));
+  void* p = std::aligned_alloc(64, bytes ? bytes : 64);
+  if (p == nullptr) std::abort();
+  return Scratch<T>(static_cast<T*>(p));
 }
 
 int64_t RoundUp(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
