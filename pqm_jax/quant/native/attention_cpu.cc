@@ -506,17 +506,12 @@ void RowsAmx(const uint16_t* q, int64_t rows, const uint32_t* kp, const uint32_t
 
 #endif  // __AVX512BF16__
 
+// f(std::integral_constant<int, R>()) for R = rows in 1..kRows (the register tiles' sizes).
 template <typename F>
 void WithRows(int64_t rows, F&& f) {
-  switch (rows) {
-    case 1: f(std::integral_constant<int, 1>()); break;
-    case 2: f(std::integral_constant<int, 2>()); break;
-    case 3: f(std::integral_constant<int, 3>()); break;
-    case 4: f(std::integral_constant<int, 4>()); break;
-    case 5: f(std::integral_constant<int, 5>()); break;
-    case 6: f(std::integral_constant<int, 6>()); break;
-    default: break;
-  }
+  pqm::WithGroup(rows, [&](auto group) {
+    if constexpr (decltype(group)::value <= kRows) f(group);
+  });
 }
 
 #endif  // __AVX512F__
