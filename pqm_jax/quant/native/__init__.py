@@ -136,12 +136,25 @@ def call_kernel(
     """The FFI call of a kernel registered as `target`: float32 output of `shape`; the arguments
     `arrays`, then (4-bit kernels) the 16 code values `table` as a float32 array; integer
     attributes passed as int64. Under `vmap` it runs once per batch element."""
-    out = jax.ShapeDtypeStruct(shape, jnp.float32)
-    call = jax.ffi.ffi_call(target, out, vmap_method="sequential")
+    return call_kernels(target, (shape,), *arrays, table=table, **attrs)[0]
+
+
+def call_kernels(
+    target: str,
+    shapes: tuple[tuple[int, ...], ...],
+    *arrays: jax.Array,
+    table: Any = None,
+    vmap_method: str = "sequential",
+    **attrs: int,
+) -> tuple[jax.Array, ...]:
+    """`call_kernel` for a kernel with one float32 output per entry of `shapes`. `vmap_method`
+    as `jax.ffi.ffi_call`'s: "broadcast_all" for kernels that take any leading axes as batch."""
+    out = tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
+    call = jax.ffi.ffi_call(target, out, vmap_method=vmap_method)
     ints = {name: np.int64(value) for name, value in attrs.items()}
     if table is not None:
         arrays = (*arrays, jnp.asarray(np.asarray(table, np.float32)))
-    return call(*arrays, **ints)
+    return tuple(call(*arrays, **ints))
 
 
 def _kernel(key: tuple, codes: jax.Array, absmax: jax.Array) -> jax.Array:

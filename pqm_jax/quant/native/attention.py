@@ -29,7 +29,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from pqm_jax.quant import native
 from pqm_jax.quant.native import build
@@ -49,9 +48,8 @@ Attention = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 @functools.cache
 def caps() -> int:
     """What this machine's build of the kernel can do (bits of `CAPS`); 0 when unbuilt."""
-    if not native.load_target(SOURCE, SYMBOLS[F32], TARGETS[F32], "attention"):
-        return 0
-    if not native.load_target(SOURCE, GRAD_SYMBOL, GRAD_TARGET, "attention gradient"):
+    float32 = ((SYMBOLS[F32], TARGETS[F32]), (GRAD_SYMBOL, GRAD_TARGET))
+    if not all(native.load_target(SOURCE, s, t, "attention") for s, t in float32):
         return 0
     lib = build.load(SOURCE, cxx=build.compiler(), cache=build.cache_dir())
     lib.PqmAttentionCaps.restype = ctypes.c_int32
@@ -104,10 +102,8 @@ def attend(
 
 
 def _ffi(target: str, shapes: tuple, *arrays: jax.Array, **attrs: int):
-    out = tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
-    # Under vmap one call takes every element: the kernel folds leading axes into its groups.
-    call = jax.ffi.ffi_call(target, out, vmap_method="broadcast_all")
-    return call(*arrays, **{name: np.int64(value) for name, value in attrs.items()})
+    # Under vmap one call takes every element: the kernels fold leading axes into their groups.
+    return native.call_kernels(target, shapes, *arrays, vmap_method="broadcast_all", **attrs)
 
 
 def _forward(options: tuple, q: jax.Array, k: jax.Array, v: jax.Array):
