@@ -221,6 +221,18 @@ def _logprobs(logits: jax.Array, hist: jax.Array, t: jax.Array, opts: DecodeOpti
     return logp
 
 
+def _argmax(x: jax.Array) -> jax.Array:
+    """jnp.argmax(x, axis=-1) (the first largest; a NaN counts as the largest, as there) as two
+    vectorised reductions: the largest value, then the smallest index holding it. XLA's CPU
+    backend runs argmax's index-carrying reduce one element at a time: for 8 rows of tiny.en's
+    51,864 log-probabilities 1.5 ms against 0.3 ms (2-core AMD EPYC), about 1 ms of every greedy
+    step."""
+    top = jnp.max(x, axis=-1, keepdims=True)
+    hit = (x == top) | jnp.isnan(x)
+    index = jnp.arange(x.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(hit, index, x.shape[-1]), axis=-1)
+
+
 def _prepare(params: Any, dtype: Any, predequantize: bool) -> Any:
     """Params for the loop: quantised leaves dequantised (once) and floats cast to `dtype`."""
     if not predequantize:
@@ -335,7 +347,7 @@ def _greedy(
                 keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(key, t), s["row"])
                 pick = jax.vmap(jax.random.categorical)(keys, logp / temperature)
             else:
-                pick = jnp.argmax(logp, axis=-1)
+                pick = _argmax(logp)
             tok = jnp.where(s["done"], opts.eot, pick.astype(jnp.int32))
             gain = jnp.take_along_axis(logp, tok[:, None], axis=1)[:, 0]
             logits, cache = step(params, tok[:, None], s["cache"], cross_rows)

@@ -267,3 +267,19 @@ def test_options_validation():
         dataclasses.replace(OPTS, encoder_dtype="float16")
     opts = decoding.DecodeOptions(prompt=[1, 2], eot=3, suppress=[4])  # lists from JSON
     assert hash(opts) == hash(decoding.DecodeOptions(prompt=(1, 2), eot=3, suppress=(4,)))
+
+
+def test_greedy_pick_is_argmax_with_its_ties_nans_and_infinities():
+    # The greedy loop picks with two vectorised reductions instead of jnp.argmax: same index,
+    # the first largest, a NaN counting as the largest.
+    rng = np.random.default_rng(0)
+    for case in range(60):
+        x = rng.normal(size=(4, 37)).astype(np.float32)
+        if case % 3 == 0:  # a tie for the largest, never at the lowest index alone
+            x[case % 4, [5, 11, 30]] = x.max() + 1.0
+        if case % 5 == 0:
+            x[(case + 1) % 4, rng.integers(37)] = np.nan
+        if case % 7 == 0:
+            x[(case + 2) % 4] = -np.inf  # a row with everything banned
+        want = np.asarray(jnp.argmax(jnp.asarray(x), axis=-1))
+        np.testing.assert_array_equal(np.asarray(decoding._argmax(jnp.asarray(x))), want)
