@@ -14,7 +14,9 @@ kernel or the token embedding may be a `QuantizedTensor`):
 A LoRA tree mirrors that nesting down to the module (`lora["decoder"]["layers_0"]["self_attn"]
 ["q_proj"]` is a `LoraWeights`); its arrays may carry a leading batch axis (one adapter per
 utterance). Numerics follow HF/openai: pre-norm blocks, LayerNorm eps 1e-5, exact GELU, queries
-scaled by head_dim**-0.5 before the dot product.
+scaled by head_dim**-0.5 before the dot product. Each block's input passes
+`barrier.gradient_barrier` (on CPU the residual stream's gradient is then written once per block
+instead of re-added in every consumer; values unchanged).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from flax import struct
 from pqm_jax import layers
 from pqm_jax import lora as lora_lib
 from pqm_jax.models.common import attention as attn
+from pqm_jax.quant.native import barrier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,12 +179,14 @@ def encode(
     for i in range(config.encoder_layers):
         name = f"layers_{i}"
         lp, ll, rng = p[name], lora_lib.sub(lo, name), attn.fold(dropout_rng, "encoder", i)
+        x = barrier.gradient_barrier(x)
         h = attn.layer_norm(lp["self_attn_layer_norm"], x)
         a, la = lp["self_attn"], lora_lib.sub(ll, "self_attn")
         ra = attn.fold(rng, "self_attn")
         k, v = attn.keys_values(a, h, la, ra, heads=heads)
         o = attn.attend(attn.query(a, h, la, ra, heads=heads), k, v, None)
         x = x + attn.dropout(attn.output(a, o, la, ra), dropout_rate, attn.fold(rng, "res1"))
+        x = barrier.gradient_barrier(x)
         h = attn.layer_norm(lp["final_layer_norm"], x)
         h = attn.mlp(lp, h, ll, rng, dropout_rate)
         x = x + attn.dropout(h, dropout_rate, attn.fold(rng, "res2"))
@@ -260,6 +265,7 @@ def _decoder(
         name = f"layers_{i}"
         lp, ll, rng = p[name], lora_lib.sub(lo, name), attn.fold(dropout_rng, "decoder", i)
         # Self-attention (causal); new keys/values go into the cache when there is one.
+        x = barrier.gradient_barrier(x)
         h = attn.layer_norm(lp["self_attn_layer_norm"], x)
         a, la, ra = lp["self_attn"], lora_lib.sub(ll, "self_attn"), attn.fold(rng, "self_attn")
         q = attn.query(a, h, la, ra, heads=heads)
@@ -282,6 +288,7 @@ def _decoder(
             )
         x = x + attn.dropout(attn.output(a, o, la, ra), dropout_rate, attn.fold(rng, "res1"))
         # Cross-attention over the precomputed encoder keys/values.
+        x = barrier.gradient_barrier(x)
         h = attn.layer_norm(lp["encoder_attn_layer_norm"], x)
         a, la, ra = lp["encoder_attn"], lora_lib.sub(ll, "encoder_attn"), attn.fold(rng, "x")
         q = attn.query(a, h, la, ra, heads=heads)
@@ -291,6 +298,7 @@ def _decoder(
         o = _cross_attend(q, cross.k[i].astype(dtype), cross.v[i].astype(dtype), native)
         x = x + attn.dropout(attn.output(a, o, la, ra), dropout_rate, attn.fold(rng, "res2"))
         # MLP.
+        x = barrier.gradient_barrier(x)
         h = attn.mlp(lp, attn.layer_norm(lp["final_layer_norm"], x), ll, rng, dropout_rate)
         x = x + attn.dropout(h, dropout_rate, attn.fold(rng, "res3"))
     x = attn.layer_norm(p["layer_norm"], x)
