@@ -148,6 +148,30 @@ def test_encoder_attention_runs_both_passes_in_the_kernel_in_float32():
         assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 1e-5 * np.abs(np.asarray(b)).max()
 
 
+def test_short_unmasked_attention_runs_in_the_kernel_too(monkeypatch):
+    """`attend` below LONG_ATTENTION (a 2 s window's 100 frames; 16 tokens over them): the
+    kernel forward and backward when unmasked, close to XLA's batched formulation; never masked."""
+    rng = np.random.default_rng(7)
+    cases = [(2, 100, 100), (2, 16, 100), (3, 1, 7)]  # (batch, queries, keys), 2 heads of 64
+    for b, tq, tk in cases:
+        assert tq * tk < attn.LONG_ATTENTION
+        q = jnp.asarray(rng.standard_normal((b, tq, 128)) * 0.4, jnp.float32)
+        k, v = (jnp.asarray(rng.standard_normal((b, 2, tk, 64)), jnp.float32) for _ in "kv")
+        mask = jnp.asarray(rng.random((1, 1, tq, tk)) < 0.8).at[..., 0].set(True)
+        loss = lambda q, k, v, m=None: jnp.sum(jnp.sin(attn.attend(q, k, v, m)))
+        grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+        program = grad.lower(q, k, v).as_text()
+        assert "pqm_attention_f32" in program and native_attention.GRAD_TARGET in program
+        assert "pqm_attention" not in jax.jit(loss).lower(q, k, v, mask).as_text()
+        ours = grad(q, k, v)
+        monkeypatch.setenv("PQM_NATIVE_ATTENTION", "0")
+        xla = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+        monkeypatch.setenv("PQM_NATIVE_ATTENTION", "1")
+        for a, b_ in zip(jax.tree.leaves(ours), jax.tree.leaves(xla), strict=True):
+            a, b_ = np.asarray(a), np.asarray(b_)
+            assert np.abs(a - b_).max() <= 1e-5 * max(np.abs(b_).max(), 1.0), (b, tq, tk)
+
+
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU has no AVX512-BF16")
 def test_bfloat16_uses_the_kernel_forward_but_differentiates_xla():
     q, k, v = (a.reshape(1, 2, 300, 64) for a in _qkv(2, 300, 300, jnp.bfloat16, seed=3))

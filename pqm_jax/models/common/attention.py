@@ -83,7 +83,9 @@ def attend(
     """Softmax attention over projected queries that are already scaled by head_dim**-0.5.
 
     Keys and values are head-major, so that both products are plain batched matrix products
-    over (batch, head) with no transposes of the (long, cached) key/value arrays.
+    over (batch, head) with no transposes of the (long, cached) key/value arrays. Unmasked
+    attention runs in the native CPU kernel where it runs (`_attend_per_head` from
+    LONG_ATTENTION positions, `_attend_fused` below), else in XLA.
 
     Args:
       q: [B, Tq, d] queries (HF scales the q projection before the dot product; so do we).
@@ -102,6 +104,10 @@ def attend(
             return from_heads(o.reshape(b, h, tq, c))
     if mask is None and qh.shape[2] * k.shape[2] >= LONG_ATTENTION:
         return from_heads(_attend_per_head(qh, k, v))
+    if mask is None:
+        o = _attend_fused(qh, k, v)
+        if o is not None:
+            return from_heads(o)
     s = jnp.einsum("bhqc,bhkc->bhqk", qh, k, preferred_element_type=jnp.float32)
     if mask is not None:
         s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
@@ -171,6 +177,30 @@ def _attend_per_head(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     q, k, v = flat(q), flat(k), flat(v)
     o = native_attention.attend(q, k, v, xla=_per_head)
     return (_per_head(q, k, v) if o is None else o).reshape(b, h, tq, c)
+
+
+def _attend_fused(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array | None:
+    """Short unmasked attention, [B, H, Tq, c] -> [B, H, Tq, c], by the native CPU kernel where
+    it runs, else None (the caller's batched formulation).
+
+    The kernel is faster than XLA's batched products at short lengths too: in the 16-speaker
+    adaptation step of tiny.en (2 s windows: the encoder's 100 x 100, the decoder's 16 x 100
+    cross-attention) 1.098 against 1.171 s a step on 2 cores (AMD EPYC, same-process A/B); on a
+    Xeon the encoder layer's forward and backward took 14.2 against 23.0 ms. Sums in the
+    kernel's order: close to XLA's, not bit-equal.
+    """
+    b, h, tq, c = q.shape
+    flat = lambda x: x.reshape(b * h, *x.shape[2:])
+    o = native_attention.attend(flat(q), flat(k), flat(v), xla=_batched)
+    return None if o is None else o.reshape(b, h, tq, c)
+
+
+def _batched(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Unmasked attention as two batched products: [G, Tq, c] -> [G, Tq, c] (the formulation of
+    `attend` for short sequences, on [G] groups)."""
+    s = jnp.einsum("gqc,gkc->gqk", q, k, preferred_element_type=jnp.float32)
+    w = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+    return jnp.einsum("gqk,gkc->gqc", w, v)
 
 
 def _per_head(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
