@@ -8,7 +8,8 @@ slower), the programs and the matmul run round-robin (each repeat: one untimed c
 program, then the faster of two timed calls, which drops this VM's sporadic stalls); step times
 are medians, the rate the median over the repeats of the fastest of 3 matmuls. `fraction_of_peak` =
 (flops_per_step / seconds_per_step) / matmul_flops_per_s; flops_per_step is counted on a dense
-base for every base (XLA does not count the native kernel's products in the NF4 program). With
+base with the native kernels off, the same for every program (XLA's cost analysis does not see
+inside the kernels' FFI calls: the 4-bit products, the attention kernel's). With
 `--quant nf4,none` the NF4 and float32 bases run side by side (nf4-dense: the NF4 base decoded
 once, as stage3.dense_base does), and the NF4 / float32 step-time ratios are reported.
 
@@ -89,15 +90,16 @@ def _program(base, cfg, slots: int, batch: int, tokens: int, dtype: str = "float
     return programs.step.lower(*args).compile(), args
 
 
-def _model_flops(programs: dict, models: dict, cfg, slots: int, args) -> float:
-    """FLOPs of the step on a dense base, counted by XLA: the same model FLOPs for every base.
-    (The NF4 program's own count misses the products of the native kernel, FFI calls that XLA's
-    cost analysis does not see, and adds the dequantisation's multiplies.)"""
-    for quant in ("none", "nf4-dense"):
-        if quant in programs:
-            return limits.flops(programs[quant][0])
-    dense = jax.jit(qtree.dequantize_tree)(next(iter(models.values()))[0])
-    return limits.flops(_program(dense, cfg, slots, args.batch, args.tokens)[0])
+def _model_flops(models: dict, cfg, slots: int, args) -> float:
+    """FLOPs of the step on a dense base with XLA's products only, counted by XLA: the same model
+    FLOPs for every base and program. (XLA's cost analysis does not see inside FFI calls: the
+    native kernels' products, the 4-bit ones in the NF4 program and the attention kernel's in
+    every program, would go uncounted; the NF4 program would also count the dequantisation's
+    multiplies.) Traced afresh under `limits.xla_only`."""
+    dense = models.get("none") or models.get("nf4-dense")
+    dense = dense[0] if dense else jax.jit(qtree.dequantize_tree)(next(iter(models.values()))[0])
+    with limits.xla_only():
+        return limits.flops(_program(dense, cfg, slots, args.batch, args.tokens)[0])
 
 
 def _name(quant: str, dtype: str) -> str:
@@ -130,7 +132,7 @@ def measure(args) -> tuple[list[dict], list[report.Row], list[str]]:
                 # one warm-up call, then the faster of two: this shared VM stalls a call now and
                 # then by up to 0.9 s, in any of the programs (seen in runs of one program too)
                 times[quant].append(min(limits.seconds(lambda c=compiled, a=call: c(*a), 2)))
-        flops = _model_flops(programs, models, cfg, slots, args)
+        flops = _model_flops(models, cfg, slots, args)
         for quant, dtype in [(q, d) for q in models for d in args.dtype]:
             seconds = statistics.median(times[_name(quant, dtype)])
             rate = statistics.median(rates[dtype])

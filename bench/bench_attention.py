@@ -158,7 +158,7 @@ def measure_step(window: float, batch: int, repeats: int) -> list[report.Row]:
     import bench_adapt_limit
 
     base, cfg = bench_adapt_limit._base("none", window)
-    programs = {}
+    programs, before = {}, os.environ.get("PQM_NATIVE_ATTENTION")
     for name, switch in (("ours", "1"), ("xla", "0")):
         os.environ["PQM_NATIVE_ATTENTION"] = switch
         jit_cache.clear()  # trace afresh: the switch is read when a program is traced
@@ -167,7 +167,10 @@ def measure_step(window: float, batch: int, repeats: int) -> list[report.Row]:
     routes = {name: "pqm_attention" in c.as_text() for name, (c, _) in programs.items()}
     if routes != {"ours": True, "xla": False}:
         raise RuntimeError(f"the two programs do not differ as meant: kernel in {routes}")
-    os.environ.pop("PQM_NATIVE_ATTENTION")
+    if before is None:  # the switch as the caller had it
+        os.environ.pop("PQM_NATIVE_ATTENTION")
+    else:
+        os.environ["PQM_NATIVE_ATTENTION"] = before
     calls = {name: (lambda c=c, a=a: c(*a)) for name, (c, a) in programs.items()}
     times = limits.alternating(calls, repeats)
     rate = limits.matmul_rate(dtype="float32")

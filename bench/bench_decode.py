@@ -381,11 +381,12 @@ def model_flops(s: Setup, batch: int, tokens: list[list[int]], prompt: int) -> f
         ids = jnp.zeros((batch, prompt), jnp.int32)
         return whisper.decode_step(p, ids, cache, cross, config=cfg)[0], cross, cache
 
-    first = limits.flops(jax.jit(start).lower(params, mel))
-    _, cross, cache = jax.eval_shape(start, params, mel)
-    one = jnp.zeros((batch, 1), jnp.int32)
-    step = jax.jit(lambda p, c, x: whisper.decode_step(p, one, c, x, config=cfg))
-    per_token = limits.flops(step.lower(params, cache, cross))
+    with limits.xla_only():  # count the products the native kernels would run too
+        first = limits.flops(jax.jit(start).lower(params, mel))
+        _, cross, cache = jax.eval_shape(start, params, mel)
+        one = jnp.zeros((batch, 1), jnp.int32)
+        step = jax.jit(lambda p, c, x: whisper.decode_step(p, one, c, x, config=cfg))
+        per_token = limits.flops(step.lower(params, cache, cross))
     steps = sum(max(len(t) + 1 for t in tokens[sl]) for sl in _batches(len(tokens), batch))
     return len(_batches(len(tokens), batch)) * first + steps * per_token
 

@@ -10,6 +10,8 @@ accelerator) unless told.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -76,6 +78,29 @@ def copy_bandwidth(nbytes: int = 64 << 20, repeats: int = 7) -> float:
     x = jnp.zeros((nbytes // 4,), jnp.float32)
     f = jax.jit(lambda v: v + 1.0)
     return 2.0 * nbytes / min(seconds(lambda: f(x), repeats))
+
+
+@contextlib.contextmanager
+def xla_only():
+    """Programs traced inside run XLA's products only (`PQM_NATIVE=0`), so that XLA's cost
+    analysis counts all their model FLOPs: it does not see inside the native kernels' FFI calls
+    (the 4-bit products, the attention kernel). Jit caches are cleared on entry and exit: programs
+    are traced afresh here, and the caller's own are traced again with the kernels afterwards."""
+    from pqm_jax import jit_cache
+
+    before = os.environ.get("PQM_NATIVE")
+    os.environ["PQM_NATIVE"] = "0"
+    jit_cache.clear()
+    jax.clear_caches()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PQM_NATIVE", None)
+        else:
+            os.environ["PQM_NATIVE"] = before
+        jit_cache.clear()
+        jax.clear_caches()
 
 
 def flops(program) -> float:

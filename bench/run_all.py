@@ -94,6 +94,12 @@ SECTIONS = {
         "--slots 16 --repeats 5",
         "--slots 2 --repeats 2",
     ),
+    "step_switches": (
+        "The 16-speaker step with and without the gradient barrier and short-attention kernel",
+        "bench/bench_step_switches.py",
+        "--slots 16 --repeats 8",
+        "--slots 2 --repeats 2",
+    ),
     "paged_bank": (
         "Decoding from a bank of 10,000 speakers: paged against in memory",
         "bench/bench_paged_bank.py",

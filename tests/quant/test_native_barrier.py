@@ -93,6 +93,9 @@ def test_switched_off(monkeypatch):
     monkeypatch.setenv("PQM_NATIVE_BARRIER", "0")
     assert CALL not in program().lower(x).compile().as_text()
     monkeypatch.setenv("PQM_NATIVE_BARRIER", "1")
+    monkeypatch.setenv("PQM_NATIVE", "0")  # every kernel off, read when a program is traced
+    assert not barrier.enabled()
+    assert CALL not in program().lower(x).compile().as_text()
     monkeypatch.delenv("PQM_NATIVE")  # eight fake devices: kernels off unless asked for
     assert not barrier.enabled()
     assert CALL not in program().lower(x).compile().as_text()

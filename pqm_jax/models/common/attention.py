@@ -185,9 +185,10 @@ def _attend_fused(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array | None:
 
     The kernel is faster than XLA's batched products at short lengths too: in the 16-speaker
     adaptation step of tiny.en (2 s windows: the encoder's 100 x 100, the decoder's 16 x 100
-    cross-attention) 1.098 against 1.171 s a step on 2 cores (AMD EPYC, same-process A/B); on a
-    Xeon the encoder layer's forward and backward took 14.2 against 23.0 ms. Sums in the
-    kernel's order: close to XLA's, not bit-equal.
+    cross-attention) 1.118 against 1.146 s a step on 2 cores of an AMD EPYC (1.197 against 1.237
+    s without the gradient barrier; `bench/bench_step_switches.py`); on a Xeon the encoder
+    layer's forward and backward took 14.2 against 23.0 ms. Sums in the kernel's order: close to
+    XLA's, not bit-equal.
     """
     b, h, tq, c = q.shape
     flat = lambda x: x.reshape(b * h, *x.shape[2:])

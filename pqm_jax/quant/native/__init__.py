@@ -117,8 +117,13 @@ def _one_device() -> bool:
 
 def kernel_host(available: Callable[[], bool]) -> bool:
     """True when a kernel whose `available()` builds and registers it can run in this process:
-    the default backend is the CPU (on a GPU/TPU host it would never be lowered, so it is not
-    built there), one device or `PQM_NATIVE=1` (`_one_device`), and the kernel built."""
+    not `PQM_NATIVE=0` (read here, when a program is traced, so that a process can trace one
+    program with the kernels and one without: benchmarks count the FLOPs XLA cannot see inside
+    them that way), the default backend is the CPU (on a GPU/TPU host it would never be lowered,
+    so it is not built there), one device or `PQM_NATIVE=1` (`_one_device`), and the kernel
+    built."""
+    if os.environ.get("PQM_NATIVE") == "0":
+        return False
     return jax.default_backend() == "cpu" and _one_device() and available()
 
 

@@ -1,10 +1,12 @@
-"""Long unmasked softmax attention on CPU in one native kernel (Whisper's encoder).
+"""Unmasked softmax attention on CPU in one native kernel (Whisper's encoder, cross-attention).
 
 Why: XLA's CPU backend runs the encoder's 1,500 x 1,500 attention one (batch, head) pair at a
 time as two products with the scores written out between them; `attention_cpu.cc` keeps a few
 query rows' scores in cache from their product to the value product, and multiplies bfloat16
 inputs on the AMX tile unit (or in AVX512-BF16 pairs) with float32 sums instead of widening them
 first. Measured on 2 cores (tiny.en's shapes, batch 8, one layer): `bench/bench_attention.py`.
+`models.common.attention.attend` uses it at every length (short sequences too: a 2 s window's
+100 frames, training's cross-attention), with its own XLA formulation where it does not run.
 
 `attend(q, k, v)` takes q [G, Tq, 64] (already scaled), k, v [G, Tk, 64], float32 or bfloat16,
 and returns [G, Tq, 64] in v's dtype, or None where the kernel does not take the inputs (head size

@@ -6,11 +6,12 @@ elementwise producers into every consumer rather than writing them out, so each 
 fusion re-adds the contributions of every block above it (a sum over the whole stack, once per
 layer: quadratic in depth), and once more for each layout its consumers ask for (the flattened
 rows of the frozen products and the per-speaker rows of the adapters). In the 16-speaker
-adaptation step of tiny.en (`bench/bench_adapt_limit.py`'s program) the last encoder layer's
+adaptation step of tiny.en (`bench/bench_adapt_limit.py`'s program) the lowest encoder block's
 fusion read 103 operands, twice. `gradient_barrier(x)` is the identity whose cotangent passes
 through a native call (`barrier_cpu.cc`, an aliased no-op) that fusion cannot see through: the sum
 is written once and every consumer reads it. Same values, bit for bit (the sums run in the same
-order); on 2 cores that step ran 9% faster (AMD EPYC, same-process A/B).
+order); on 2 cores of an AMD EPYC that step took 1.146 against 1.237 s
+(`bench/bench_step_switches.py`).
 
 The forward pass is untouched (the primal is `x` itself, so inference and decoding never see the
 call). Reverse mode only (a custom VJP; `jax.jvp` through it raises). As the other kernels: only

@@ -4,7 +4,7 @@
 // Why: a residual stream's gradient is a running sum (each block adds its contribution to the
 // gradient arriving from above). XLA's CPU fusion duplicates cheap elementwise producers into
 // every consumer, so each block's gradient fusion re-adds every contribution from the blocks
-// above it, once per layout its consumers want (103 operands in the last encoder layer of a
+// above it, once per layout its consumers want (103 operands for the lowest encoder block of a
 // 16-speaker adaptation step of tiny.en). A custom call is opaque to fusion: its operand is
 // computed once, into one buffer, and every consumer reads that (`barrier.py`).
 

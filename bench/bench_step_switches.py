@@ -1,0 +1,134 @@
+"""The adaptation step with and without the native gradient barrier and the short-attention kernel.
+
+The same vmapped step as bench/bench_adapt_limit.py (Whisper tiny.en, 2 s window, 16 tokens,
+batch 2 per speaker, LoRA r 8 on q/k/v/out, AdamW), traced four times in one process with the
+switches read at tracing: `PQM_NATIVE_BARRIER` (each block's residual-stream gradient written
+once, `quant.native.barrier`) and `PQM_NATIVE_ATTENTION` (the 100-frame encoder attention and
+the 16 x 100 cross-attention in the native kernel, forward and backward), each on and off. The
+four programs and a 2048x2048 matmul run round-robin (the faster of two calls per round); step
+times are medians. The barrier must leave every output bit-equal (checked); the attention kernel
+sums in its own order (the largest output difference is printed).
+
+Run: python bench/bench_step_switches.py [--slots 16] [--dtype float32] [--repeats 8] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+
+import bench_adapt_limit
+import jax
+import jax.numpy as jnp
+import limits
+import numpy as np
+import report
+
+from pqm_jax import jit_cache
+
+SWITCHES = ("PQM_NATIVE_BARRIER", "PQM_NATIVE_ATTENTION")
+PROGRAMS = {
+    "neither": ("0", "0"),
+    "barrier": ("1", "0"),
+    "attention": ("0", "1"),
+    "both": ("1", "1"),
+}
+
+
+def _trace(base, cfg, args, values):
+    """The step compiled with the switches set to `values` (restored afterwards)."""
+    saved = {name: os.environ.get(name) for name in SWITCHES}
+    os.environ.update(dict(zip(SWITCHES, values, strict=True)))
+    try:
+        jit_cache.clear()  # trace afresh: the switches are read when a program is traced
+        jax.clear_caches()
+        return bench_adapt_limit._program(base, cfg, args.slots, 2, 16, args.dtype)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _floats(tree) -> list[np.ndarray]:
+    leaves = jax.tree.leaves(tree)
+    return [np.asarray(x, np.float32) for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]
+
+
+def measure(args) -> tuple[list[report.Row], list[str]]:
+    base, cfg = bench_adapt_limit._base("none", 2.0)
+    programs = {name: _trace(base, cfg, args, values) for name, values in PROGRAMS.items()}
+    calls = {"barrier": "pqm_materialize", "attention": "pqm_attention"}
+    for name, (compiled, _) in programs.items():
+        text = compiled.as_text()
+        for switch, target in calls.items():
+            if (target in text) != (name in (switch, "both")):
+                raise RuntimeError(f"program {name!r}: {target} present: {target in text}")
+    # (bank, optimiser state, metrics): all compared for the barrier; for the attention kernel
+    # the optimiser state and metrics (the first AdamW update of a zero-initialised b turns a
+    # gradient that is zero up to rounding into +-lr, whichever way the rounding went)
+    outs = {name: c(*a) for name, (c, a) in programs.items()}
+    for compiled, call in programs.values():
+        for _ in range(bench_adapt_limit.WARMUP):
+            jax.block_until_ready(compiled(*call))
+    times, rates = {k: [] for k in programs}, []
+    for i in range(args.repeats):
+        rates.append(limits.matmul_rate(repeats=3, dtype=args.dtype))
+        for name in list(programs)[:: -1 if i % 2 else 1]:
+            compiled, call = programs[name]
+            times[name].append(min(limits.seconds(lambda c=compiled, a=call: c(*a), 2)))
+    rate = statistics.median(rates)
+    step = {k: statistics.median(v) for k, v in times.items()}
+    flops = limits.flops(programs["neither"][0])
+    for k in programs:
+        print(f"{k:9s}: {step[k]:.4f} s/step, {flops / step[k] / rate:.1%} of the matmul rate")
+    pairs = zip(_floats(outs["barrier"]), _floats(outs["neither"]), strict=True)
+    equal = all(np.array_equal(a, b) for a, b in pairs)
+    pairs = zip(_floats(outs["attention"][1:]), _floats(outs["neither"][1:]), strict=True)
+    moved = max(
+        float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-30)) for a, b in pairs
+    )
+    if not equal:
+        raise RuntimeError("the barrier changed the step's outputs")
+    names = {"barrier": "gradient barrier", "attention": "short-attention kernel", "both": "both"}
+    rows = [
+        report.Row(
+            figure=f"adaptation step, {args.slots} speakers, {args.dtype}: step time with {label}",
+            ours=step[name],
+            peer=step["neither"],
+            peer_name="same step, neither (XLA's fusion and attention)",
+            unit="s",
+            better="lower",
+            runs=args.repeats,
+            limit=flops / step[name] / rate,
+            limit_name=limits.describe_rate(rate, args.dtype),
+        )
+        for name, label in names.items()
+    ]
+    setting = [
+        f"Whisper tiny.en cut to a 2 s window, 16 decoder tokens, batch 2 per speaker, LoRA r 8 "
+        f"on q/k/v/out, AdamW, {args.slots} speakers in one vmapped jitted step on "
+        f"{jax.devices()[0].platform}, {args.dtype}; four programs and the matmul round-robin",
+        f"neither: {flops / 1e9:.1f} GFLOP per step, {step['neither']:.4g} s = "
+        f"{flops / step['neither'] / rate:.1%} of the matmul rate",
+        "barrier: every output bit-equal to neither's; attention kernel: optimiser state and "
+        f"metrics within {moved:.2g} of each array's largest magnitude",
+    ]
+    return rows, setting
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--slots", type=int, default=16)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--repeats", type=int, default=8)
+    ap.add_argument("--json", help="write rows and setting here (bench/run_all.py)")
+    args = ap.parse_args()
+    rows, setting = measure(args)
+    report.emit(rows, setting, "python bench/bench_step_switches.py", args.json)
+
+
+if __name__ == "__main__":
+    main()
