@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pqm_jax import lora as lora_lib
 from pqm_jax.quant.native import barrier
 from pqm_jax.testing import toy
 from pqm_jax.train import steps
@@ -99,3 +100,48 @@ def test_switched_off(monkeypatch):
     monkeypatch.delenv("PQM_NATIVE")  # eight fake devices: kernels off unless asked for
     assert not barrier.enabled()
     assert CALL not in program().lower(x).compile().as_text()
+
+
+def test_conformer_gradients_are_close_with_the_barrier(monkeypatch):
+    """The Conformer's blocks (macaron FFN, attention, convolution, FFN; decoder self, source,
+    FFN) pass the barrier too; its sums associate differently there: equal up to rounding."""
+    from pqm_jax.models.conformer import model as conformer
+
+    config = conformer.ConformerConfig(
+        vocab_size=19, n_mels=16, d_model=32, encoder_layers=2, encoder_heads=4, encoder_ffn=48,
+        kernel_size=7, decoder_layers=1, decoder_heads=4, decoder_ffn=40,
+    )  # fmt: skip
+    params = conformer.init(config, key=jax.random.key(0))
+    lora = jax.tree.map(
+        lambda x: x + 0.05,
+        lora_lib.init(
+            params,
+            lora_lib.LoraConfig(rank=2, alpha=4.0, targets=conformer.ATTENTION_TARGETS),
+            key=jax.random.key(1),
+        ),
+    )
+    feats = jax.random.normal(jax.random.key(2), (2, 40, config.n_mels))
+    lens, labels, label_lens = (
+        jnp.array([40, 25]),
+        jnp.array([[1, 2, 3], [4, 5, 6]]),
+        jnp.array([3, 2]),
+    )
+
+    def program():
+        loss = lambda lo: conformer.loss(
+            params, feats, lens, labels, label_lens, config=config, lora=lo
+        )[0]
+        return jax.jit(jax.value_and_grad(loss)).lower(lora).compile()
+
+    with_barrier = program()
+    monkeypatch.setenv("PQM_NATIVE_BARRIER", "0")
+    without = program()
+    # 4 blocks per encoder layer, 3 per decoder layer, less those with nothing trainable below
+    # them (adapters on attention only: layer 0's macaron and attention blocks; the decoder's first)
+    assert with_barrier.as_text().count(CALL) == 4 * 2 + 3 * 1 - 3
+    assert CALL not in without.as_text()
+    (l1, g1), (l2, g2) = with_barrier(lora), without(lora)
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        scale = max(float(np.abs(np.asarray(b)).max()), 1e-3)
+        assert float(np.abs(np.asarray(a) - np.asarray(b)).max()) <= 1e-5 * scale

@@ -19,6 +19,7 @@ from pqm_jax import layers
 from pqm_jax import lora as lora_lib
 from pqm_jax.models.common import attention as attn
 from pqm_jax.models.conformer import relpos
+from pqm_jax.quant.native import barrier
 
 LN_EPS = 1e-12  # ESPnet's LayerNorm
 BN_EPS = 1e-5  # torch.nn.BatchNorm1d
@@ -126,10 +127,12 @@ def conformer_layer(
     sub = lambda name: lora_lib.sub(lora, name)
     ff_scale = 0.5 if macaron else 1.0
     if macaron:
+        x = barrier.gradient_barrier(x)
         h = layer_norm(p["norm_ff_macaron"], x)
         rf = attn.fold(rng, "ffm")
         h = feed_forward(p["feed_forward_macaron"], h, sub("feed_forward_macaron"), rf, rate, swish)
         x = x + ff_scale * drop(h, "res_ffm")
+    x = barrier.gradient_barrier(x)
     h = layer_norm(p["norm_mha"], x)
     h = relpos.self_attention(
         p["self_attn"],
@@ -142,11 +145,13 @@ def conformer_layer(
         dropout_rate=rate,
     )
     x = x + drop(h, "res_mha")
+    x = barrier.gradient_barrier(x)
     h = layer_norm(p["norm_conv"], x)
     h = conv_module(
         p["conv_module"], h, mask, sub("conv_module"), attn.fold(rng, "conv"), norm=conv_norm
     )
     x = x + drop(h, "res_conv")
+    x = barrier.gradient_barrier(x)
     h = layer_norm(p["norm_ff"], x)
     h = feed_forward(p["feed_forward"], h, sub("feed_forward"), attn.fold(rng, "ff"), rate, swish)
     x = x + ff_scale * drop(h, "res_ff")
@@ -258,6 +263,7 @@ def decoder_layer(
     ReLU FFN (norm3), each residual. x: [B, U, d]; memory: [B, T, d]. Returns [B, U, d]."""
     drop = lambda h, name: attn.dropout(h, rate, attn.fold(rng, name))
     sub = lambda name: lora_lib.sub(lora, name)
+    x = barrier.gradient_barrier(x)
     h = layer_norm(p["norm1"], x)
     h = attention(
         p["self_attn"],
@@ -270,6 +276,7 @@ def decoder_layer(
         rate=rate,
     )
     x = x + drop(h, "res1")
+    x = barrier.gradient_barrier(x)
     h = layer_norm(p["norm2"], x)
     h = attention(
         p["src_attn"],
@@ -282,6 +289,7 @@ def decoder_layer(
         rate=rate,
     )
     x = x + drop(h, "res2")
+    x = barrier.gradient_barrier(x)
     h = layer_norm(p["norm3"], x)
     h = feed_forward(p["feed_forward"], h, sub("feed_forward"), attn.fold(rng, "ff"), rate, relu)
     return x + drop(h, "res3")

@@ -9,9 +9,11 @@ rows of the frozen products and the per-speaker rows of the adapters). In the 16
 adaptation step of tiny.en (`bench/bench_adapt_limit.py`'s program) the lowest encoder block's
 fusion read 103 operands, twice. `gradient_barrier(x)` is the identity whose cotangent passes
 through a native call (`barrier_cpu.cc`, an aliased no-op) that fusion cannot see through: the sum
-is written once and every consumer reads it. Same values, bit for bit (the sums run in the same
-order); on 2 cores of an AMD EPYC that step took 1.146 against 1.237 s
-(`bench/bench_step_switches.py`).
+is written once and every consumer reads it. The same sums: in Whisper's step bit for bit (XLA's
+fused sum had run in the same order); in the Conformer the additions associate differently
+(gradients within float32 rounding, ~1e-6 relative). On 2 cores of an AMD EPYC the Whisper step
+took 1.146 against 1.237 s (`bench/bench_step_switches.py`); a Conformer's LoRA gradient (12
+encoder and 6 decoder layers of width 256, batch 8 of 4 s) 0.67-0.83 against 0.99-1.14 s.
 
 The forward pass is untouched (the primal is `x` itself, so inference and decoding never see the
 call). Reverse mode only (a custom VJP; `jax.jvp` through it raises). As the other kernels: only
