@@ -63,6 +63,14 @@ def test_forward_and_vmapped_gradients():
         np.testing.assert_allclose(got[i], jax.jit(jax.grad(f))(bank[i]), rtol=1e-5, atol=1e-5)
 
 
+def _with_and_without(monkeypatch, loss, lora):
+    """The compiled value-and-gradient of `loss` in the adapters, with the barrier and without."""
+    program = lambda: jax.jit(jax.value_and_grad(loss)).lower(lora).compile()
+    with_barrier = program()
+    monkeypatch.setenv("PQM_NATIVE_BARRIER", "0")
+    return with_barrier, program()
+
+
 def test_whisper_adapter_gradients_are_bit_equal_with_the_barrier(monkeypatch):
     config = toy.tiny_config(layers=2)
     base = toy.quantized_model(config, key=jax.random.key(0))
@@ -70,13 +78,8 @@ def test_whisper_adapter_gradients_are_bit_equal_with_the_barrier(monkeypatch):
     batch = jax.tree.map(lambda a: a[0], toy.random_batch(config, (1, 2), seed=0))
     step = steps.StepConfig(model=config)
 
-    def program():
-        loss = lambda lo: steps.token_stats(lo, base, batch, config=step)["loss_sum"]
-        return jax.jit(jax.value_and_grad(loss)).lower(lora).compile()
-
-    with_barrier = program()
-    monkeypatch.setenv("PQM_NATIVE_BARRIER", "0")
-    without = program()
+    loss = lambda lo: steps.token_stats(lo, base, batch, config=step)["loss_sum"]
+    with_barrier, without = _with_and_without(monkeypatch, loss, lora)
     # 2 (encoder) + 3 (decoder) blocks a layer; the first block of each stack has no trainable
     # input below it, so its gradient is never formed
     assert with_barrier.as_text().count(CALL) == 2 * 2 + 3 * 2 - 2
@@ -127,15 +130,10 @@ def test_conformer_gradients_are_close_with_the_barrier(monkeypatch):
         jnp.array([3, 2]),
     )
 
-    def program():
-        loss = lambda lo: conformer.loss(
-            params, feats, lens, labels, label_lens, config=config, lora=lo
-        )[0]
-        return jax.jit(jax.value_and_grad(loss)).lower(lora).compile()
-
-    with_barrier = program()
-    monkeypatch.setenv("PQM_NATIVE_BARRIER", "0")
-    without = program()
+    loss = lambda lo: conformer.loss(
+        params, feats, lens, labels, label_lens, config=config, lora=lo
+    )
+    with_barrier, without = _with_and_without(monkeypatch, lambda lo: loss(lo)[0], lora)
     # 4 blocks per encoder layer, 3 per decoder layer, less those with nothing trainable below
     # them (adapters on attention only: layer 0's macaron and attention blocks; the decoder's first)
     assert with_barrier.as_text().count(CALL) == 4 * 2 + 3 * 1 - 3
