@@ -28,7 +28,6 @@ import limits
 import numpy as np
 import report
 
-from pqm_jax import jit_cache
 from pqm_jax.models.common import attention as attn
 from pqm_jax.quant.native import attention as native_attention
 
@@ -153,24 +152,17 @@ def measure_step(window: float, batch: int, repeats: int) -> list[report.Row]:
     """One speaker's float32 training step of tiny.en at `window` seconds (the adaptation step of
     bench_adapt_limit.py, batch `batch`), traced with the kernel and with
     `PQM_NATIVE_ATTENTION=0` (XLA's attention), timed in turns in this process."""
-    import os
 
     import bench_adapt_limit
 
     base, cfg = bench_adapt_limit._base("none", window)
-    programs, before = {}, os.environ.get("PQM_NATIVE_ATTENTION")
+    programs = {}
     for name, switch in (("ours", "1"), ("xla", "0")):
-        os.environ["PQM_NATIVE_ATTENTION"] = switch
-        jit_cache.clear()  # trace afresh: the switch is read when a program is traced
-        jax.clear_caches()
-        programs[name] = bench_adapt_limit._program(base, cfg, 1, batch, 16)
+        with limits.switches(PQM_NATIVE_ATTENTION=switch):  # read when a program is traced
+            programs[name] = bench_adapt_limit._program(base, cfg, 1, batch, 16)
     routes = {name: "pqm_attention" in c.as_text() for name, (c, _) in programs.items()}
     if routes != {"ours": True, "xla": False}:
         raise RuntimeError(f"the two programs do not differ as meant: kernel in {routes}")
-    if before is None:  # the switch as the caller had it
-        os.environ.pop("PQM_NATIVE_ATTENTION")
-    else:
-        os.environ["PQM_NATIVE_ATTENTION"] = before
     calls = {name: (lambda c=c, a=a: c(*a)) for name, (c, a) in programs.items()}
     times = limits.alternating(calls, repeats)
     rate = limits.matmul_rate(dtype="float32")

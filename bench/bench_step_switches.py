@@ -15,7 +15,6 @@ Run: python bench/bench_step_switches.py [--slots 16] [--dtype float32] [--repea
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 
 import bench_adapt_limit
@@ -24,8 +23,6 @@ import jax.numpy as jnp
 import limits
 import numpy as np
 import report
-
-from pqm_jax import jit_cache
 
 SWITCHES = ("PQM_NATIVE_BARRIER", "PQM_NATIVE_ATTENTION")
 PROGRAMS = {
@@ -37,19 +34,9 @@ PROGRAMS = {
 
 
 def _trace(base, cfg, args, values):
-    """The step compiled with the switches set to `values` (restored afterwards)."""
-    saved = {name: os.environ.get(name) for name in SWITCHES}
-    os.environ.update(dict(zip(SWITCHES, values, strict=True)))
-    try:
-        jit_cache.clear()  # trace afresh: the switches are read when a program is traced
-        jax.clear_caches()
+    """The step compiled with the switches set to `values` (the caller's come back afterwards)."""
+    with limits.switches(**dict(zip(SWITCHES, values, strict=True))):
         return bench_adapt_limit._program(base, cfg, args.slots, 2, 16, args.dtype)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _floats(tree) -> list[np.ndarray]:

@@ -81,26 +81,34 @@ def copy_bandwidth(nbytes: int = 64 << 20, repeats: int = 7) -> float:
 
 
 @contextlib.contextmanager
-def xla_only():
-    """Programs traced inside run XLA's products only (`PQM_NATIVE=0`), so that XLA's cost
-    analysis counts all their model FLOPs: it does not see inside the native kernels' FFI calls
-    (the 4-bit products, the attention kernel). Jit caches are cleared on entry and exit: programs
-    are traced afresh here, and the caller's own are traced again with the kernels afterwards."""
+def switches(**env: str):
+    """Programs traced inside see the environment switches `env` (the native kernels read theirs,
+    e.g. PQM_NATIVE_ATTENTION, when a program is traced); the caller's values come back on exit.
+    Jit caches (the library's and jax's) are cleared on entry and exit, so programs are traced
+    afresh inside, and the caller's own are traced again with its switches afterwards."""
     from pqm_jax import jit_cache
 
-    before = os.environ.get("PQM_NATIVE")
-    os.environ["PQM_NATIVE"] = "0"
+    before = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     jit_cache.clear()
     jax.clear_caches()
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop("PQM_NATIVE", None)
-        else:
-            os.environ["PQM_NATIVE"] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         jit_cache.clear()
         jax.clear_caches()
+
+
+def xla_only():
+    """Programs traced inside run XLA's products only (`PQM_NATIVE=0`), so that XLA's cost
+    analysis counts all their model FLOPs: it does not see inside the native kernels' FFI calls
+    (the 4-bit products, the attention kernel)."""
+    return switches(PQM_NATIVE="0")
 
 
 def flops(program) -> float:
