@@ -1,7 +1,8 @@
 """How close the vmapped adaptation step runs to the machine: model FLOP/s against a matmul.
 
-Whisper tiny.en cut to a short window, a bank of S speakers (LoRA r 8 on q/k/v/out, AdamW), one
-jitted vmapped step (the program stage 3 runs). FLOPs per step come from XLA's
+Whisper tiny.en cut to a short window (or, with `--model conformer`, a random Conformer AED of
+ESPnet's LibriSpeech size), a bank of S speakers (LoRA r 8 on the attention projections, AdamW),
+one jitted vmapped step (the program stage 3 runs). FLOPs per step come from XLA's
 `compiled.cost_analysis()`; the machine's rate from a jitted 2048x2048 matmul timed in the same
 process. After 3 untimed steps of each program (the first steps after compiling run up to 1.5x
 slower), the programs and the matmul run round-robin (each repeat: one untimed call of each
@@ -18,7 +19,8 @@ bfloat16 operands accumulated in float32, which XLA's CPU backend gives to AMX w
 it), rated against a bfloat16 matmul of the same form, and the bfloat16 / float32 step-time ratios
 are reported.
 
-Run: python bench/bench_adapt_limit.py [--slots 1,16] [--quant nf4,nf4-dense,none] [--window 2]
+Run: python bench/bench_adapt_limit.py [--model tiny.en|conformer] [--slots 1,16] [--window 2]
+       [--quant nf4,nf4-dense,none]
        [--dtype float32,bfloat16] [--tokens 16] [--batch 2] [--repeats 5] [--json FILE]
 `--json` writes {"results": [per slot count, quant and dtype: slots, quant, dtype, flops_per_step,
 seconds_per_step, matmul_flops_per_s, fraction_of_peak, ...], "rows": ..., "setting": ...}
@@ -32,6 +34,7 @@ import json
 import pathlib
 import statistics
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +44,6 @@ import report
 
 from pqm_jax import lora as lora_lib
 from pqm_jax import sharding
-from pqm_jax.models.whisper import family as whisper_family
 from pqm_jax.quant import tree as qtree
 from pqm_jax.run import backbone
 from pqm_jax.run import config as config_lib
@@ -51,22 +53,60 @@ from pqm_jax.train import adapt, optim, steps
 WARMUP = 3  # untimed steps of each program before the timed round-robin
 
 
-def _base(quant: str, window: float):
-    """nf4: decoded inside every step; nf4-dense: decoded once (stage3.dense_base); none: float32."""
-    spec = config_lib.ModelSpec(name="tiny.en", audio_window_s=window, quant=quant.split("-")[0])
-    params, cfg_full, _ = spec.family.load(spec, seed=0, folder=None)
+# The Conformer AED of ESPnet's LibriSpeech recipes in size (12 + 6 layers, width 256, 4 heads,
+# feed-forward 1,024, kernel 15), random weights, a character vocabulary.
+CONFORMER = {"d_model": 256, "layers": 12, "heads": 4, "decoder_layers": 6, "kernel_size": 15}
+CHARACTERS = "abcdefghijklmnopqrstuvwxyz '"
+
+
+def _spec(model: str, quant: str, window: float) -> config_lib.ModelSpec:
+    dims = CONFORMER if model == "conformer" else {}
+    return config_lib.ModelSpec(name=model, audio_window_s=window, quant=quant, **dims)
+
+
+def _base(model: str, quant: str, window: float):
+    """nf4: decoded inside every step; nf4-dense: decoded once (stage3.dense_base); none: float32.
+    tiny.en: the bundled weights; conformer: a random Conformer of `CONFORMER`'s size."""
+    spec = _spec(model, quant.split("-")[0], window)
+    if spec.family.trains_from_scratch(spec):
+        params, cfg_full, _ = spec.family.scratch(spec, [CHARACTERS], key=jax.random.key(0))
+    else:
+        params, cfg_full, _ = spec.family.load(spec, seed=0, folder=None)
     base, cfg = spec.family.window(backbone.quantize(params, spec), cfg_full, window)
     if quant.endswith("-dense"):
         base = jax.jit(qtree.dequantize_tree)(base)
     return base, cfg
 
 
-def _program(base, cfg, slots: int, batch: int, tokens: int, dtype: str = "float32"):
+def describe_model(args) -> str:
+    if args.model == "tiny.en":
+        return f"Whisper tiny.en cut to a {args.window:g} s window"
+    return (
+        "a random Conformer AED ({layers} + {decoder_layers} layers, width {d_model}, {heads} "
+        "heads, feed-forward 4 x width, kernel {kernel_size}, characters; joint CTC 0.3 / "
+        "attention loss) on {window:g} s".format(window=args.window, **CONFORMER)
+    )
+
+
+def _batch(cfg, slots: int, batch: int, tokens: int, window: float) -> dict:
+    """Random log-mel of `window` seconds and random tokens, [slots, 1, batch, ...]."""
+    frames = round(window * 100)  # 10 ms hops (Whisper's window: 2 * max_source_positions)
+    fake = types.SimpleNamespace(
+        n_mels=cfg.n_mels, max_source_positions=frames // 2, vocab_size=cfg.vocab_size
+    )
+    data = toy.random_batch(fake, (slots, 1, batch), seed=slots, tokens=tokens)
+    data["inputs"] %= cfg.vocab_size
+    data["targets"] %= cfg.vocab_size
+    return data
+
+
+def _program(base, cfg, slots: int, args, dtype: str = "float32"):
     """(compiled step, its arguments): one AdamW update of `slots` speakers' adapters, activations
     in `dtype`."""
+    family = _spec(args.model, "none", args.window).family
     lora = lora_lib.init(
         base,
-        lora_lib.LoraConfig(rank=8, alpha=16.0, targets=whisper_family.LORA_TARGETS),
+        lora_lib.LoraConfig(rank=8, alpha=16.0, targets=family.lora_targets),
         key=jax.random.key(1),
     )
     mesh = sharding.make_mesh(sharding.MeshConfig(data=1), devices=jax.devices()[:1])
@@ -81,9 +121,7 @@ def _program(base, cfg, slots: int, batch: int, tokens: int, dtype: str = "float
         slots=slots,
     )
     bank = jax.tree.map(lambda x: jnp.broadcast_to(x, (slots, *x.shape)), lora)
-    data = toy.random_batch(cfg, (slots, 1, batch), seed=slots, tokens=tokens)
-    data["inputs"] %= cfg.vocab_size
-    data["targets"] %= cfg.vocab_size
+    data = _batch(cfg, slots, args.batch, args.tokens, args.window)
     vec = [np.zeros(slots, np.int32), np.full(slots, 10, np.int32)]
     vec += [np.full(slots, 100, np.int32), np.ones(slots, bool), np.arange(slots, dtype=np.int32)]
     args = (bank, programs.init_opt(bank), base, data, *vec, jax.random.key(0))
@@ -99,7 +137,7 @@ def _model_flops(models: dict, cfg, slots: int, args) -> float:
     dense = models.get("none") or models.get("nf4-dense")
     dense = dense[0] if dense else jax.jit(qtree.dequantize_tree)(next(iter(models.values()))[0])
     with limits.xla_only():
-        return limits.flops(_program(dense, cfg, slots, args.batch, args.tokens)[0])
+        return limits.flops(_program(dense, cfg, slots, args)[0])
 
 
 def _name(quant: str, dtype: str) -> str:
@@ -108,7 +146,7 @@ def _name(quant: str, dtype: str) -> str:
 
 def measure(args) -> tuple[list[dict], list[report.Row], list[str]]:
     results, compile_s = [], []
-    models = {q: _base(q, args.window) for q in args.quant}
+    models = {q: _base(args.model, q, args.window) for q in args.quant}
     cfg = next(iter(models.values()))[1]
     for slots in args.slots:
         programs = {}
@@ -116,7 +154,7 @@ def measure(args) -> tuple[list[dict], list[report.Row], list[str]]:
             for dtype in args.dtype:
                 t = time.perf_counter()
                 name = _name(quant, dtype)
-                programs[name] = _program(base, cfg, slots, args.batch, args.tokens, dtype)
+                programs[name] = _program(base, cfg, slots, args, dtype)
                 compile_s.append(f"{slots} slots {name} {time.perf_counter() - t:.0f} s")
         for compiled, call in programs.values():  # warm-up: the first steps after compiling
             for _ in range(WARMUP):  # run up to 1.5x slower (fresh memory, the kernel's buffers)
@@ -154,9 +192,10 @@ def measure(args) -> tuple[list[dict], list[report.Row], list[str]]:
                 f"{flops / seconds / rate:.1%} of {limits.describe_rate(rate, dtype)}",
                 flush=True,
             )
+    prefix = "" if args.model == "tiny.en" else f"{args.model} "
     rows = [
         report.Row(
-            figure=f"adaptation step, {r['slots']} speakers, {r['quant']} base, {r['dtype']} "
+            figure=f"{prefix}adaptation step, {r['slots']} speakers, {r['quant']} base, {r['dtype']} "
             "activations: model FLOP/s",
             ours=r["flops_per_step"] / r["seconds_per_step"],
             peer=r["matmul_flops_per_s"],
@@ -176,14 +215,10 @@ def measure(args) -> tuple[list[dict], list[report.Row], list[str]]:
         for (quant, dtype), r in by.items():
             if quant in names and ("none", dtype) in by:
                 peer, peer_name = by["none", dtype], f"same step, {dtype} activations, float32 base"
-                figure = (
-                    f"adaptation step time, {slots} speakers, {names[quant]}, {dtype} activations"
-                )
+                figure = f"{prefix}adaptation step time, {slots} speakers, {names[quant]}, {dtype} activations"
             elif dtype != "float32" and (quant, "float32") in by:
                 peer, peer_name = by[quant, "float32"], "same step, float32 activations"
-                figure = (
-                    f"adaptation step time, {slots} speakers, {quant} base, {dtype} activations"
-                )
+                figure = f"{prefix}adaptation step time, {slots} speakers, {quant} base, {dtype} activations"
             else:
                 continue
             rows.append(
@@ -198,7 +233,7 @@ def measure(args) -> tuple[list[dict], list[report.Row], list[str]]:
                 )
             )
     setting = [
-        f"Whisper tiny.en cut to a {args.window:g} s window, {args.tokens} decoder tokens, batch "
+        f"{describe_model(args)}, {args.tokens} decoder tokens, batch "
         f"{args.batch} per speaker, LoRA r 8 on q/k/v/out, AdamW; random log-mel and tokens; one "
         f"vmapped jitted step on {jax.devices()[0].platform}; FLOPs from XLA's cost analysis of "
         "the step on a dense base (the same model FLOPs for every base)",
@@ -218,6 +253,12 @@ def main() -> None:
         default="float32",
         help="comma-separated activation dtypes: float32, bfloat16 (products accumulate in "
         "float32; the limit is the matmul of that dtype)",
+    )
+    ap.add_argument(
+        "--model",
+        default="tiny.en",
+        choices=("tiny.en", "conformer"),
+        help="tiny.en (bundled weights) or conformer (random weights, the size of CONFORMER)",
     )
     ap.add_argument("--window", type=float, default=2.0)
     ap.add_argument("--tokens", type=int, default=16)
