@@ -59,7 +59,8 @@ class DecodeOptions:
       encoder_dtype: the encoder's compute dtype when it differs from `dtype` (None: the same):
         "bfloat16" with a float32 `dtype` runs the encoder's large products in bfloat16 with
         float32 accumulation (AMX on CPUs that have it) and keeps the token loop in float32,
-        where the native kernels run. Its output is cast to `dtype` before the cross keys/values.
+        where the native kernels run. The cross keys/values (products of the encoder's output,
+        once per window) are computed in that dtype too, then cast to `dtype` for the loop.
       predequantize: dequantise quantised weights once per call, before the token loop (else
         every step dequantises every weight it touches).
       quantized_steps: keep 4-bit (NF4/FP4) weights quantised inside the token loop, where the
@@ -281,10 +282,12 @@ def _start(params, mel, lora, config, opts, dtype, rows):
     enc_dtype = jnp.dtype(opts.encoder_dtype or dtype)
     if enc_dtype == dtype:
         enc = whisper.encode(ready, mel, config=config, lora=lora, dtype=dtype)
-    else:
-        encoder = {"encoder": _prepare(params["encoder"], enc_dtype, opts.predequantize)}
-        enc = whisper.encode(encoder, mel, config=config, lora=lora, dtype=enc_dtype).astype(dtype)
-    cross = whisper.cross_kv(ready, enc, config=config, lora=lora)
+        cross = whisper.cross_kv(ready, enc, config=config, lora=lora)
+    else:  # the encoder and the cross keys/values (per window, not per token) in enc_dtype
+        low = _prepare(params, enc_dtype, opts.predequantize)  # what they do not read is dropped
+        enc = whisper.encode(low, mel, config=config, lora=lora, dtype=enc_dtype)
+        cross = whisper.cross_kv(low, enc, config=config, lora=lora)
+        cross = jax.tree.map(lambda a: a.astype(dtype), cross)
     batch = mel.shape[0]
     prompt = jnp.tile(jnp.asarray(opts.prompt, jnp.int32)[None], (batch, 1))
     cache = whisper.init_cache(config, batch, len(opts.prompt) + opts.new_tokens(config), dtype)

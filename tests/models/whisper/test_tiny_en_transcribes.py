@@ -143,8 +143,8 @@ def test_jax_model_matches_torch_on_real_weights():
 
 
 def test_bfloat16_encoder_float32_loop_transcribes_like_hf(monkeypatch):
-    """`encoder_dtype="bfloat16"`: the encoder's products take bfloat16 operands with float32
-    results (AMX on CPUs that have it), the token loop stays float32 (with its native kernels);
+    """`encoder_dtype="bfloat16"`: the encoder's products and the cross keys/values take bfloat16
+    operands with float32 results (AMX on CPUs that have it), the token loop stays float32 (with its native kernels);
     the ten digits read as HF's float32 greedy reads them, near-ties aside."""
     import dataclasses
 
@@ -176,7 +176,9 @@ def test_bfloat16_encoder_float32_loop_transcribes_like_hf(monkeypatch):
         for o in (base, mixed)
     }
     to_f32 = r"dot_general.*\(tensor<\S*bf16>, tensor<\S*bf16>\) -> tensor<\S*f32>"
-    assert len(re.findall(to_f32, lowered["bfloat16"])) >= 6 * config.encoder_layers
+    # the encoder's six products a layer, and each decoder layer's cross keys and values
+    bf16_products = 6 * config.encoder_layers + 2 * config.decoder_layers
+    assert len(re.findall(to_f32, lowered["bfloat16"])) >= bf16_products
     assert "bf16" not in lowered[None]
     if rows.available():
         assert lowered["bfloat16"].count(rows.TARGET) >= 3  # the loop's float32 kernel
