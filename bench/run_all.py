@@ -100,6 +100,20 @@ SECTIONS = {
         "--slots 16 --repeats 8",
         "--slots 2 --repeats 2",
     ),
+    "conformer_limit": (
+        "Conformer adaptation step against the machine's matmul rate; NF4; bfloat16",
+        "bench/bench_adapt_limit.py",
+        "--model conformer --slots 1,16 --window 2 --tokens 32 --batch 2 "
+        "--quant nf4,nf4-dense,none --dtype float32,bfloat16 --repeats 4",
+        "--model conformer --slots 1,2 --window 1 --tokens 16 --batch 1 --quant nf4,none "
+        "--repeats 2",
+    ),
+    "conformer_switches": (
+        "The 16-speaker Conformer step with and without the gradient barrier",
+        "bench/bench_step_switches.py",
+        "--model conformer --slots 16 --repeats 6",
+        "--model conformer --slots 2 --repeats 2",
+    ),
     "paged_bank": (
         "Decoding from a bank of 10,000 speakers: paged against in memory",
         "bench/bench_paged_bank.py",
