@@ -34,7 +34,6 @@ import json
 import pathlib
 import statistics
 import time
-import types
 
 import jax
 import jax.numpy as jnp
@@ -89,12 +88,9 @@ def describe_model(args) -> str:
 
 
 def _batch(cfg, slots: int, batch: int, tokens: int, window: float) -> dict:
-    """Random log-mel of `window` seconds and random tokens, [slots, 1, batch, ...]."""
-    frames = round(window * 100)  # 10 ms hops (Whisper's window: 2 * max_source_positions)
-    fake = types.SimpleNamespace(
-        n_mels=cfg.n_mels, max_source_positions=frames // 2, vocab_size=cfg.vocab_size
-    )
-    data = toy.random_batch(fake, (slots, 1, batch), seed=slots, tokens=tokens)
+    """Random log-mel of `window` seconds (10 ms hops) and random tokens, [slots, 1, batch, ...]."""
+    frames = round(window * 100)
+    data = toy.random_batch(cfg, (slots, 1, batch), seed=slots, tokens=tokens, frames=frames)
     data["inputs"] %= cfg.vocab_size
     data["targets"] %= cfg.vocab_size
     return data

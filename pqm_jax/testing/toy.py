@@ -85,13 +85,17 @@ def random_batch(
     seed: int,
     tokens: int = 8,
     prompt: int = 2,
+    frames: int | None = None,
 ) -> dict[str, np.ndarray]:
     """A batch of leading shape `shape` (e.g. [A, B] or [S, A, B]) with random mel and tokens.
 
     Each row has a random text length in [1, tokens - prompt - 1]; weights cover text + eot.
+    `frames`: mel frames (None: Whisper's window, 2 * config.max_source_positions; a model
+    without that field, such as the Conformer, names them).
     """
     rng = np.random.default_rng(seed)
-    mel = rng.normal(size=(*shape, config.n_mels, 2 * config.max_source_positions))
+    frames = 2 * config.max_source_positions if frames is None else frames
+    mel = rng.normal(size=(*shape, config.n_mels, frames))
     seq = rng.integers(0, config.vocab_size, size=(*shape, tokens + 1)).astype(np.int32)
     length = rng.integers(prompt + 2, tokens + 1, size=shape)  # prompt + text + eot
     pos = np.arange(tokens)
