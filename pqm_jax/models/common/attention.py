@@ -7,6 +7,7 @@ Every projection goes through `layers.dense`.
 
 from __future__ import annotations
 
+import os
 import zlib
 from typing import Any
 
@@ -171,12 +172,18 @@ def _attend_per_head(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     value product (`quant.native.attention`; tiny.en's encoder layer at batch 8 on 2 cores: about
     1.7-2x faster than `_per_head` in float32, 4.4x in bfloat16 on AMX), with a float32 backward
     kernel for gradients. Elsewhere (and bfloat16 gradients) it is `_per_head`.
+
+    `PQM_ATTENTION_LOOP=0` (read when a program is traced) makes that XLA formulation
+    `_batched` instead, all scores at once: not for running (the memory of every head's scores),
+    but for counting, since XLA's cost analysis counts a loop's body once, i.e. one head of B * H
+    (`bench/limits.xla_only` sets it).
     """
     b, h, tq, c = q.shape
     flat = lambda x: x.reshape(b * h, *x.shape[2:])
     q, k, v = flat(q), flat(k), flat(v)
-    o = native_attention.attend(q, k, v, xla=_per_head)
-    return (_per_head(q, k, v) if o is None else o).reshape(b, h, tq, c)
+    xla = _batched if os.environ.get("PQM_ATTENTION_LOOP", "1") == "0" else _per_head
+    o = native_attention.attend(q, k, v, xla=xla)
+    return (xla(q, k, v) if o is None else o).reshape(b, h, tq, c)
 
 
 def _attend_fused(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array | None:
