@@ -48,6 +48,8 @@ CASES = [
     (1, 8, 384, 1000, True),
     (48, 1, 64, 1500, False),
     (6, 3, 64, 37, False),
+    (5, 2, 64, 45, False),  # keys of width 64 for 1-2 rows: the streaming tile (OutInTile64)
+    (1, 2, 64, 23, True),
     (4, 16, 32, 80, True),
     (2, 13, 48, 17, False),
     (3, 5, 16, 1, False),

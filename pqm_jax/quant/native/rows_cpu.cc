@@ -52,6 +52,8 @@ struct Problem {
 #ifdef __AVX512F__
 
 // Rows x[0..G) against matrix rows v..v+V-1: V * G <= 16 sums in flight, one register each.
+// Each load prefetches the same place two tiles on (the logits of 8 rows against tiny.en's
+// float32 embedding: 5.5-6.0 against 4.3-4.6 ms on 2 AMD EPYC cores).
 template <int G, int V>
 void OutInTile(const Problem& p, const float* x, const float* w, float* out, int64_t v) {
   static_assert(G * V <= 16, "sixteen accumulators at most");
@@ -60,7 +62,11 @@ void OutInTile(const Problem& p, const float* x, const float* w, float* out, int
   for (int64_t c = 0; c < p.k; c += 16) {
     if constexpr (G >= V) {  // load the V matrix rows, then stream each activation row past
       __m512 wr[V];
-      for (int t = 0; t < V; ++t) wr[t] = _mm512_loadu_ps(w + (v + t) * p.k + c);
+      for (int t = 0; t < V; ++t) {
+        const float* at = w + (v + t) * p.k + c;
+        _mm_prefetch(reinterpret_cast<const char*>(at + 2 * V * p.k), _MM_HINT_T0);
+        wr[t] = _mm512_loadu_ps(at);
+      }
       for (int r = 0; r < G; ++r) {
         const __m512 xr = _mm512_loadu_ps(x + r * p.k + c);
         for (int t = 0; t < V; ++t) acc[t * G + r] = _mm512_fmadd_ps(xr, wr[t], acc[t * G + r]);
@@ -69,11 +75,49 @@ void OutInTile(const Problem& p, const float* x, const float* w, float* out, int
       __m512 xr[G];
       for (int r = 0; r < G; ++r) xr[r] = _mm512_loadu_ps(x + r * p.k + c);
       for (int t = 0; t < V; ++t) {
-        const __m512 wt = _mm512_loadu_ps(w + (v + t) * p.k + c);
+        const float* at = w + (v + t) * p.k + c;
+        _mm_prefetch(reinterpret_cast<const char*>(at + 2 * V * p.k), _MM_HINT_T0);
+        const __m512 wt = _mm512_loadu_ps(at);
         for (int r = 0; r < G; ++r) acc[t * G + r] = _mm512_fmadd_ps(xr[r], wt, acc[t * G + r]);
       }
     }
   }
+  float sums[16];
+  pqm::Sum16(acc, sums);
+  for (int t = 0; t < V; ++t) {
+    for (int r = 0; r < G; ++r) out[r * p.n + v + t] = sums[t * G + r];
+  }
+}
+
+// Attention scores (K = 64, one or two queries per head): the G rows' 4 G registers stay
+// loaded for the whole range, and each matrix row is read front to back, one after another, so
+// the reads stream (reading 16 rows a chunk at a time, as OutInTile does, strides by 256 bytes
+// and ran at two thirds of the values' bandwidth).
+// Prefetch distance of OutInTile64 in floats: 32 key rows (8 KB) ahead. Without the software
+// prefetch the scores ran at 21-27 GB/s, with it at 32-34 GB/s, as fast as the value product's
+// reads (4 layers of tiny.en's cross-attention at batch 8 on 2 AMD EPYC cores: 3.2-3.8 against
+// 2.05-2.29 ms). Prefetches never fault, so reading past a matrix's end is harmless.
+constexpr int64_t kAhead = 32 * 64;
+template <int G, int V>
+void OutInTile64(const Problem& p, const __m512 (&xr)[G][4], const float* w, float* out,
+                 int64_t v) {
+  static_assert(G * V <= 16, "sixteen accumulators at most");
+  __m512 acc[16];
+  for (int t = 0; t < V; ++t) {
+    const float* row = w + (v + t) * 64;
+    for (int l = 0; l < 4; ++l) {
+      _mm_prefetch(reinterpret_cast<const char*>(row + kAhead + 16 * l), _MM_HINT_T0);
+    }
+    const __m512 w0 = _mm512_loadu_ps(row), w1 = _mm512_loadu_ps(row + 16);
+    const __m512 w2 = _mm512_loadu_ps(row + 32), w3 = _mm512_loadu_ps(row + 48);
+    for (int r = 0; r < G; ++r) {
+      __m512 a = _mm512_mul_ps(xr[r][0], w0);
+      a = _mm512_fmadd_ps(xr[r][1], w1, a);
+      a = _mm512_fmadd_ps(xr[r][2], w2, a);
+      acc[t * G + r] = _mm512_fmadd_ps(xr[r][3], w3, a);
+    }
+  }
+  for (int i = G * V; i < 16; ++i) acc[i] = _mm512_setzero_ps();
   float sums[16];
   pqm::Sum16(acc, sums);
   for (int t = 0; t < V; ++t) {
@@ -86,6 +130,17 @@ void OutInRange(const Problem& p, const float* x, const float* w, float* out, in
                 int64_t v1) {
   constexpr int V = 16 / G;
   int64_t v = v0;
+  if constexpr (G <= 2) {
+    if (p.k == 64) {
+      __m512 xr[G][4];
+      for (int r = 0; r < G; ++r) {
+        for (int c = 0; c < 4; ++c) xr[r][c] = _mm512_loadu_ps(x + r * 64 + 16 * c);
+      }
+      for (; v + V <= v1; v += V) OutInTile64<G, V>(p, xr, w, out, v);
+      for (; v < v1; ++v) OutInTile64<G, 1>(p, xr, w, out, v);
+      return;
+    }
+  }
   for (; v + V <= v1; v += V) OutInTile<G, V>(p, x, w, out, v);
   for (; v < v1; ++v) OutInTile<G, 1>(p, x, w, out, v);
 }
