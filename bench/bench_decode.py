@@ -25,7 +25,10 @@ jax-nf4-b1, jax-nf4-guard (same, with the repetition stop max_repeats=4), jax-nf
 (NF4 without the explicit dequantise-once; XLA hoists it anyway), jax-xla / jax-xla-b1 (float32
 with the step's attention and logits left to XLA: `DecodeOptions.native_steps` off), hf / hf-b1 (transformers,
 float32), ct2 / ct2-b1 / ct2-int8 / ct2-int8-b1 (CTranslate2). Default: all but the -stepdequant.
-The WER column scores digit words (`normalize.normalize_digits`).
+The WER column scores digit words (`normalize.normalize_digits`) or, for sentences, Whisper's
+English normaliser. "Same tokens as its twin": on how many clips a lower-precision engine keeps
+its full-precision twin's tokens (`TWINS`: ct2-int8 against ct2, our bfloat16 engines against
+our float32 ones), the price of its speed.
 """
 
 from __future__ import annotations
@@ -89,6 +92,16 @@ PAIRS = (
     ("jax-nf4-bf16", "ct2-int8"),
     ("jax-nf4-mixed", "ct2-int8"),
 )
+# Each lower-precision engine's full-precision twin: how often it keeps the twin's tokens is the
+# price of its speed (CTranslate2's int8 against its float32; our bfloat16 against our float32).
+TWINS = {
+    "ct2-int8": "ct2",
+    "ct2-int8-b1": "ct2-b1",
+    "jax-bf16": "jax",
+    "jax-mixed": "jax",
+    "jax-nf4-bf16": "jax-nf4",
+    "jax-nf4-mixed": "jax-nf4",
+}
 BFLOAT16 = ("bf16", "mixed")  # engines rated against the bfloat16 matmul (float32 accumulation)
 
 
@@ -391,6 +404,17 @@ def model_flops(s: Setup, batch: int, tokens: list[list[int]], prompt: int) -> f
     return len(_batches(len(tokens), batch)) * first + steps * per_token
 
 
+def _kept(tokens: dict[str, list[list[int]]], *engines: str) -> str:
+    """'; <engine> keeps <twin>'s tokens on k/n' for those of `engines` whose twin ran."""
+    out = ""
+    for e in engines:
+        twin = TWINS.get(e)
+        if twin in tokens:
+            kept = sum(a == b for a, b in zip(tokens[e], tokens[twin]))
+            out += f"; {e} keeps {twin}'s tokens on {kept}/{len(tokens[e])}"
+    return out
+
+
 def rows(
     times: dict[str, list[float]],
     tokens: dict[str, list[list[int]]],
@@ -414,7 +438,7 @@ def rows(
                 peer_name=LABELS[peer],
                 unit="RTF",
                 better="lower",
-                note=f"same tokens on {same}/{len(tokens[ours])} clips",
+                note=f"same tokens on {same}/{len(tokens[ours])} clips" + _kept(tokens, ours, peer),
                 **(dict(zip(("limit", "limit_name"), limit(ours))) if limit else {}),
             )
         )
@@ -481,17 +505,24 @@ def main() -> None:
     ref_engine = "jax" if "jax" in tokens else next(iter(tokens))
     print(
         f"\n| engine | RTF | time (s) | vs transformers b{args.batch} | same tokens as "
-        f"{ref_engine} | WER | tokens | ms / token |"
+        f"{ref_engine} | same tokens as its twin | WER | tokens | ms / token |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for engine, secs in best.items():
         same = sum(a == b for a, b in zip(tokens[engine], tokens[ref_engine]))
+        twin = TWINS.get(engine)
+        kept = (
+            f"{sum(a == b for a, b in zip(tokens[engine], tokens[twin]))}/{len(tokens[engine])} "
+            f"({twin})"
+            if twin in tokens
+            else "-"
+        )
         ratio = f"{best['hf'] / secs:.2f}x" if "hf" in best else "-"
         hyps = [s.tokenizer.decode(t) for t in tokens[engine]]
         n = sum(len(t) for t in tokens[engine])  # engines whose tokens differ differ in work
         print(
             f"| {engine} | {secs / s.audio_s:.4f} | {secs:.2f} | {ratio} | "
-            f"{same}/{len(tokens[engine])} | {100 * _wer(hyps, s.refs, args.audio):.1f}% | "
+            f"{same}/{len(tokens[engine])} | {kept} | {100 * _wer(hyps, s.refs, args.audio):.1f}% | "
             f"{n} | {1e3 * secs / max(n, 1):.2f} |"
         )
     if args.json:
