@@ -30,6 +30,7 @@ seconds_per_step, matmul_flops_per_s, fraction_of_peak, ...], "rows": ..., "sett
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import statistics
@@ -96,9 +97,19 @@ def _batch(cfg, slots: int, batch: int, tokens: int, window: float) -> dict:
     return data
 
 
-def _program(base, cfg, slots: int, args, dtype: str = "float32"):
+@dataclasses.dataclass(frozen=True)
+class StepShape:
+    """The step `_program` builds (this script's arguments of the same names will do too)."""
+
+    model: str = "tiny.en"
+    window: float = 2.0  # seconds of audio per example
+    batch: int = 2  # examples per speaker
+    tokens: int = 16  # decoder tokens per example
+
+
+def _program(base, cfg, slots: int, args: StepShape, dtype: str = "float32"):
     """(compiled step, its arguments): one AdamW update of `slots` speakers' adapters, activations
-    in `dtype`."""
+    in `dtype`; `args` a StepShape or this script's parsed arguments."""
     family = _spec(args.model, "none", args.window).family
     lora = lora_lib.init(
         base,

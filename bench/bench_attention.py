@@ -155,11 +155,12 @@ def measure_step(window: float, batch: int, repeats: int) -> list[report.Row]:
 
     import bench_adapt_limit
 
-    base, cfg = bench_adapt_limit._base("none", window)
+    base, cfg = bench_adapt_limit._base("tiny.en", "none", window)
+    shape = bench_adapt_limit.StepShape(window=window, batch=batch)
     programs = {}
     for name, switch in (("ours", "1"), ("xla", "0")):
         with limits.switches(PQM_NATIVE_ATTENTION=switch):  # read when a program is traced
-            programs[name] = bench_adapt_limit._program(base, cfg, 1, batch, 16)
+            programs[name] = bench_adapt_limit._program(base, cfg, 1, shape)
     routes = {name: "pqm_attention" in c.as_text() for name, (c, _) in programs.items()}
     if routes != {"ours": True, "xla": False}:
         raise RuntimeError(f"the two programs do not differ as meant: kernel in {routes}")
@@ -167,7 +168,7 @@ def measure_step(window: float, batch: int, repeats: int) -> list[report.Row]:
     times = limits.alternating(calls, repeats)
     rate = limits.matmul_rate(dtype="float32")
     with limits.xla_only():  # traced afresh: every head's products counted, not one loop body
-        flops = limits.flops(bench_adapt_limit._program(base, cfg, 1, batch, 16)[0])
+        flops = limits.flops(bench_adapt_limit._program(base, cfg, 1, shape)[0])
     return [
         report.row(
             f"training step, tiny.en, {window:g} s window, batch {batch}, LoRA r 8",

@@ -47,11 +47,13 @@ def _branch(fn):
 
 
 def measure(args) -> tuple[list[report.Row], list[str]]:
-    base, cfg = bench_adapt_limit._base("none", 2.0)
+    base, cfg = bench_adapt_limit._base("tiny.en", "none", 2.0)
     programs = {}
     for name, fn in (("plain", plain_branch), ("library", lora_lib.branch)):
         with _branch(fn):
-            programs[name] = bench_adapt_limit._program(base, cfg, args.slots, 2, 16)
+            programs[name] = bench_adapt_limit._program(
+                base, cfg, args.slots, bench_adapt_limit.StepShape()
+            )
     for compiled, call in programs.values():
         jax.block_until_ready(compiled(*call))
     times, rates = {k: [] for k in programs}, []
@@ -62,7 +64,9 @@ def measure(args) -> tuple[list[report.Row], list[str]]:
     rate = statistics.median(rates)
     step = {k: statistics.median(v) for k, v in times.items()}
     with limits.xla_only():  # the attention kernel's products counted too
-        counted = limits.flops(bench_adapt_limit._program(base, cfg, args.slots, 2, 16)[0])
+        counted = limits.flops(
+            bench_adapt_limit._program(base, cfg, args.slots, bench_adapt_limit.StepShape())[0]
+        )
     flops = dict.fromkeys(programs, counted)  # the same model FLOPs, written two ways
     for k in programs:
         print(f"{k:8s}: {step[k]:.4f} s/step, {flops[k] / step[k] / rate:.1%} of matmul rate")
