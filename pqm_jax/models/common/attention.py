@@ -171,7 +171,7 @@ def _attend_per_head(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     On CPU (head size 64, float32 or bfloat16) a native kernel fuses the scores, softmax and
     value product (`quant.native.attention`; tiny.en's encoder layer at batch 8 on 2 cores: about
     1.7-2x faster than `_per_head` in float32, 4.4x in bfloat16 on AMX), with a float32 backward
-    kernel for gradients. Elsewhere (and bfloat16 gradients) it is `_per_head`.
+    kernel for gradients (bfloat16 ones too, on widened inputs). Elsewhere it is `_per_head`.
 
     `PQM_ATTENTION_LOOP=0` (read when a program is traced) makes that XLA formulation
     `_batched` instead, all scores at once: not for running (the memory of every head's scores),

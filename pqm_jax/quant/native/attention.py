@@ -18,7 +18,10 @@ exp by its own polynomial, ~1 ulp).
 Derivatives: in float32 a second kernel computes the gradients of q, k and v (flash-attention's
 backward: the weights recomputed per few query rows from the forward's log-normaliser per row,
 so no [Tq, Tk] matrix is kept between the passes). In bfloat16, under `jax.grad` / `jax.vjp`
-the whole call is XLA's formulation (`xla`), forward and gradient, as without the kernel.
+both passes are the float32 kernels on widened inputs, the output and gradients rounded back to
+bfloat16 (there is no bfloat16 backward kernel): on 2 AMD EPYC cores (AVX512-BF16, no AMX)
+forward + backward took 0.52 against 1.51 s with XLA's bfloat16 formulation at [48, 1500, 64]
+(tiny.en's encoder, batch 8), 52 against 127 ms at 400 frames, 14 against 20 ms at 100.
 """
 
 from __future__ import annotations
@@ -125,8 +128,10 @@ def _attend(xla: Attention, options: tuple, q: jax.Array, k: jax.Array, v: jax.A
 
 def _attend_fwd(xla, options, q, k, v):
     if jnp.dtype(q.dtype) != F32:
-        # bfloat16: XLA's forward and pullback (its residuals), as without the kernel.
-        return jax.vjp(xla, q, k, v)
+        # bfloat16: the float32 kernels on widened inputs (no bfloat16 backward kernel yet); the
+        # output, and in `_attend_bwd` the gradients, are rounded back to bfloat16.
+        out, res = _attend_fwd(xla, options, *(a.astype(jnp.float32) for a in (q, k, v)))
+        return out.astype(v.dtype), res
     # float32: the kernel's forward, keeping only the softmax's log-normaliser per row; the
     # backward kernel recomputes the weights from it (no [Tq, Tk] residual per head).
     no_lse = lambda q, k, v: (xla(q, k, v), jnp.zeros(q.shape[:2], jnp.float32))
@@ -137,13 +142,14 @@ def _attend_fwd(xla, options, q, k, v):
 
 
 def _attend_bwd(xla, options, res, g):
-    if not isinstance(res, tuple):  # XLA's pullback
-        return res(g)
-    q, k, v, out, lse = res
+    q, k, v, out, lse = res  # float32 (bfloat16 calls widened in `_attend_fwd`)
     threads, _ = options
     grads = lambda *a: tuple(_ffi(GRAD_TARGET, (q.shape, k.shape, v.shape), *a, threads=threads))
     xla_grads = lambda q, k, v, out, lse, g: jax.vjp(xla, q, k, v)[1](g)
-    return jax.lax.platform_dependent(q, k, v, out, lse, g, cpu=grads, default=xla_grads)
+    dq, dk, dv = jax.lax.platform_dependent(
+        q, k, v, out, lse, g.astype(jnp.float32), cpu=grads, default=xla_grads
+    )
+    return dq.astype(g.dtype), dk.astype(g.dtype), dv.astype(g.dtype)
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
