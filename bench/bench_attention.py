@@ -9,9 +9,10 @@ dtype measured in the same run (bfloat16: float32 accumulation, AMX where the CP
 are the two products', 4 * G * Tq * Tk * 64.
 
 With `--grad`, float32 forward + backward (our backward kernel against XLA's autodiff of its
-formulation and torch's SDPA backward). With `--step-windows 8,30`, one speaker's float32
-training step of tiny.en (bench_adapt_limit.py's step, batch `--step-batch`) at those windows,
-traced with the kernel and with `PQM_NATIVE_ATTENTION=0`, timed in turns in this process.
+formulation and torch's SDPA backward). With `--step-windows 8,30`, one speaker's training
+step of tiny.en in each `--dtype` (bench_adapt_limit.py's step, batch `--step-batch`) at those
+windows, traced with the kernel and with `PQM_NATIVE_ATTENTION=0`, timed in turns in this
+process.
 
 Run: python bench/bench_attention.py [--batch 8] [--heads 6] [--frames 1500] [--repeats 7]
      [--dtype float32,bfloat16] [--grad] [--step-windows 8,30] [--step-batch 8] [--json FILE]
@@ -148,10 +149,11 @@ def measure_grad(batch: int, heads: int, frames: int, repeats: int) -> list[repo
     return rows
 
 
-def measure_step(window: float, batch: int, repeats: int) -> list[report.Row]:
-    """One speaker's float32 training step of tiny.en at `window` seconds (the adaptation step of
-    bench_adapt_limit.py, batch `batch`), traced with the kernel and with
-    `PQM_NATIVE_ATTENTION=0` (XLA's attention), timed in turns in this process."""
+def measure_step(window: float, batch: int, repeats: int, dtype: str) -> list[report.Row]:
+    """One speaker's training step of tiny.en at `window` seconds, activations in `dtype` (the
+    adaptation step of bench_adapt_limit.py, batch `batch`), traced with the kernel and with
+    `PQM_NATIVE_ATTENTION=0` (XLA's attention), timed in turns in this process. (In bfloat16
+    the kernels' gradients are the float32 ones on widened inputs.)"""
 
     import bench_adapt_limit
 
@@ -160,18 +162,18 @@ def measure_step(window: float, batch: int, repeats: int) -> list[report.Row]:
     programs = {}
     for name, switch in (("ours", "1"), ("xla", "0")):
         with limits.switches(PQM_NATIVE_ATTENTION=switch):  # read when a program is traced
-            programs[name] = bench_adapt_limit._program(base, cfg, 1, shape)
+            programs[name] = bench_adapt_limit._program(base, cfg, 1, shape, dtype)
     routes = {name: "pqm_attention" in c.as_text() for name, (c, _) in programs.items()}
     if routes != {"ours": True, "xla": False}:
         raise RuntimeError(f"the two programs do not differ as meant: kernel in {routes}")
     calls = {name: (lambda c=c, a=a: c(*a)) for name, (c, a) in programs.items()}
     times = limits.alternating(calls, repeats)
-    rate = limits.matmul_rate(dtype="float32")
+    rate = limits.matmul_rate(dtype=dtype)
     with limits.xla_only():  # traced afresh: every head's products counted, not one loop body
         flops = limits.flops(bench_adapt_limit._program(base, cfg, 1, shape)[0])
     return [
         report.row(
-            f"training step, tiny.en, {window:g} s window, batch {batch}, LoRA r 8",
+            f"training step, tiny.en, {window:g} s window, batch {batch}, LoRA r 8, {dtype}",
             times["ours"],
             times["xla"],
             peer_name="same step with XLA's attention (PQM_NATIVE_ATTENTION=0)",
@@ -179,7 +181,7 @@ def measure_step(window: float, batch: int, repeats: int) -> list[report.Row]:
             better="lower",
             note=f"{flops / 1e9:.1f} GFLOP (XLA's count with XLA's products only, heads batched)",
             limit=flops / statistics.median(times["ours"]) / rate,
-            limit_name=limits.describe_rate(rate, "float32"),
+            limit_name=limits.describe_rate(rate, dtype),
         )
     ]
 
@@ -204,7 +206,8 @@ def main() -> None:
     if args.grad:
         rows += measure_grad(args.batch, args.heads, args.frames, args.repeats)
     for window in [float(w) for w in args.step_windows.split(",") if w]:
-        rows += measure_step(window, args.step_batch, args.repeats)
+        for dtype in dtypes:
+            rows += measure_step(window, args.step_batch, args.repeats, dtype)
     if args.json:
         setting = [
             f"batch {args.batch} x {args.heads} heads, {args.frames} frames, head size 64, "
