@@ -44,15 +44,16 @@ def weight(w: Any, dtype: Any) -> jax.Array:
     )
 
 
-def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x @ w; with bfloat16 operands, accumulated in float32 and rounded to bfloat16 once.
+def matmul(x: jax.Array, w: jax.Array, *, wide: bool = False) -> jax.Array:
+    """x @ w; with bfloat16 operands, accumulated in float32 and rounded to bfloat16 once, or with
+    `wide` returned in float32 unrounded (for a consumer that reads float32 anyway: the logits).
 
     XLA's CPU backend gives a bfloat16 x bfloat16 -> bfloat16 product to its vector code (233
     GFLOP/s for 2048^2 on this project's 2-core Sapphire Rapids VM, below float32's 270) and the
     float32-accumulating form to the AMX tiles (1,525 GFLOP/s); the input gradient and the weight
     gradient take the same form (`_mixed`)."""
     if x.dtype == jnp.bfloat16 and w.dtype == jnp.bfloat16:
-        return _mixed(x, w)
+        return _mixed_wide(x, w) if wide else _mixed(x, w)
     return x @ w
 
 
@@ -75,6 +76,14 @@ def _mixed_bwd(res, g):
 
 
 _mixed.defvjp(_mixed_fwd, _mixed_bwd)
+
+
+@jax.custom_vjp
+def _mixed_wide(x: jax.Array, w: jax.Array) -> jax.Array:
+    return jnp.matmul(x, w, preferred_element_type=jnp.float32)
+
+
+_mixed_wide.defvjp(lambda x, w: (_mixed_wide(x, w), (x, w)), _mixed_bwd)
 
 
 def dense(
@@ -135,7 +144,9 @@ def attend(x: jax.Array, table: Any, *, native: bool = False) -> jax.Array:
     transposed output would be the larger copy. A `Streamed` 4-bit table (decoding, one-speaker
     training) with at most its `max_rows` rows goes to the native kernel, which reads the codes in
     place of the dense table. With `native` (a decoding step; no derivatives), a float32 table and
-    few rows go to the float32 kernel (`quant.native.rows`).
+    few rows go to the float32 kernel (`quant.native.rows`). Many bfloat16 rows give float32
+    logits, not rounded to bfloat16 (which the loss then widened again: two passes over
+    [rows, vocab], 11 ms of tiny.en's 16-speaker bfloat16 step on 2 cores).
     """
     if _streamed(x, table):
         y = matvec.attend(x, table.inner)
@@ -144,7 +155,7 @@ def attend(x: jax.Array, table: Any, *, native: bool = False) -> jax.Array:
     w = weight(table, x.dtype)
     rows = math.prod(x.shape[:-1])
     if rows > FEW_ROWS:
-        return matmul(x, w.T)
+        return matmul(x, w.T, wide=True)
     flat = x.reshape(rows, x.shape[-1])
     y = native_rows.product(flat[None], w[None], transposed=True) if native else None
     if y is None:

@@ -225,6 +225,31 @@ def test_bfloat16_products_accumulate_in_float32_forward_and_backward():
     assert "preferred_element_type" not in f32 and "bf16" not in f32
 
 
+def test_wide_bfloat16_product_is_the_float32_sum_unrounded_with_the_same_gradients():
+    """`matmul(wide=True)` (the logits): bfloat16 operands give their float32 sums, not rounded
+    to bfloat16; its gradients are those of the rounded product."""
+    rng = np.random.default_rng(1)
+    xb = jnp.asarray(rng.standard_normal((2, 24, 64)), jnp.bfloat16)
+    wb = jnp.asarray(rng.standard_normal((64, 40)) / 8, jnp.bfloat16)
+    g = jnp.asarray(rng.standard_normal((2, 24, 40)), jnp.float32)
+    wide = jax.jit(lambda x, w: layers.matmul(x, w, wide=True))(xb, wb)
+    assert wide.dtype == jnp.float32
+    exact = np.asarray(xb, np.float64) @ np.asarray(wb, np.float64)
+    np.testing.assert_allclose(np.asarray(wide, np.float64), exact, rtol=1e-5, atol=1e-5)
+    rounded = layers.matmul(xb, wb)
+    assert rounded.dtype == jnp.bfloat16 and not np.array_equal(
+        np.asarray(rounded, np.float32), wide
+    )
+
+    def grads(**kw):
+        loss = lambda x, w: jnp.sum(layers.matmul(x, w, **kw).astype(jnp.float32) * g)
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(xb, wb)
+
+    for a, b in zip(grads(wide=True), grads(), strict=True):
+        assert a.dtype == b.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
 def test_conv1d_and_embed_accept_quantised_weights():
     rng = np.random.default_rng(0)
     w = rng.standard_normal((3, 8, 16)).astype(np.float32)
