@@ -89,15 +89,17 @@ void OutInTile(const Problem& p, const float* x, const float* w, float* out, int
   }
 }
 
-// Attention scores (K = 64, one or two queries per head): the G rows' 4 G registers stay
-// loaded for the whole range, and each matrix row is read front to back, one after another, so
-// the reads stream (reading 16 rows a chunk at a time, as OutInTile does, strides by 256 bytes
-// and ran at two thirds of the values' bandwidth).
 // Prefetch distance of OutInTile64 in floats: 32 key rows (8 KB) ahead. Without the software
 // prefetch the scores ran at 21-27 GB/s, with it at 32-34 GB/s, as fast as the value product's
 // reads (4 layers of tiny.en's cross-attention at batch 8 on 2 AMD EPYC cores: 3.2-3.8 against
 // 2.05-2.29 ms). Prefetches never fault, so reading past a matrix's end is harmless.
 constexpr int64_t kAhead = 32 * 64;
+
+// Attention scores (K = 64, one or two queries per head): the G rows' 4 G registers stay
+// loaded for the whole range, and each matrix row is read front to back, one after another, so
+// the reads stream (reading 16 rows a chunk at a time, as OutInTile does, strides by 256 bytes
+// and ran at two thirds of the values' bandwidth). Each sum is formed in the same order as in
+// OutInTile, so the results are the same bits.
 template <int G, int V>
 void OutInTile64(const Problem& p, const __m512 (&xr)[G][4], const float* w, float* out,
                  int64_t v) {
