@@ -135,14 +135,13 @@ def _program(base, cfg, slots: int, args: StepShape, dtype: str = "float32"):
     return programs.step.lower(*args).compile(), args
 
 
-def _model_flops(models: dict, cfg, slots: int, args) -> float:
-    """FLOPs of the step on a dense base with XLA's products only, counted by XLA: the same model
-    FLOPs for every base and program. (XLA's cost analysis does not see inside FFI calls: the
-    native kernels' products, the 4-bit ones in the NF4 program and the attention kernel's in
-    every program, would go uncounted; the NF4 program would also count the dequantisation's
-    multiplies.) Traced afresh under `limits.xla_only`."""
-    dense = models.get("none") or models.get("nf4-dense")
-    dense = dense[0] if dense else jax.jit(qtree.dequantize_tree)(next(iter(models.values()))[0])
+def model_flops(base, cfg, slots: int, args: StepShape) -> float:
+    """FLOPs of the step on a dense copy of `base` with XLA's products only, counted by XLA: the
+    same model FLOPs for every base and program. (XLA's cost analysis does not see inside FFI
+    calls: the native kernels' products, the 4-bit ones in the NF4 program and the attention
+    kernel's in every program, would go uncounted; a quantised base would also count the
+    dequantisation's multiplies.) Traced afresh under `limits.xla_only`."""
+    dense = jax.jit(qtree.dequantize_tree)(base)
     with limits.xla_only():
         return limits.flops(_program(dense, cfg, slots, args)[0])
 
@@ -177,7 +176,8 @@ def measure(args) -> tuple[list[dict], list[report.Row], list[str]]:
                 # one warm-up call, then the faster of two: this shared VM stalls a call now and
                 # then by up to 0.9 s, in any of the programs (seen in runs of one program too)
                 times[quant].append(min(limits.seconds(lambda c=compiled, a=call: c(*a), 2)))
-        flops = _model_flops(models, cfg, slots, args)
+        dense = models.get("none") or models.get("nf4-dense") or next(iter(models.values()))
+        flops = model_flops(dense[0], cfg, slots, args)
         for quant, dtype in [(q, d) for q in models for d in args.dtype]:
             seconds = statistics.median(times[_name(quant, dtype)])
             rate = statistics.median(rates[dtype])

@@ -169,8 +169,7 @@ def measure_step(window: float, batch: int, repeats: int, dtype: str) -> list[re
     calls = {name: (lambda c=c, a=a: c(*a)) for name, (c, a) in programs.items()}
     times = limits.alternating(calls, repeats)
     rate = limits.matmul_rate(dtype=dtype)
-    with limits.xla_only():  # traced afresh: every head's products counted, not one loop body
-        flops = limits.flops(bench_adapt_limit._program(base, cfg, 1, shape)[0])
+    flops = bench_adapt_limit.model_flops(base, cfg, 1, shape)
     return [
         report.row(
             f"training step, tiny.en, {window:g} s window, batch {batch}, LoRA r 8, {dtype}",

@@ -404,14 +404,20 @@ def model_flops(s: Setup, batch: int, tokens: list[list[int]], prompt: int) -> f
     return len(_batches(len(tokens), batch)) * first + steps * per_token
 
 
+def _twin_kept(tokens: dict[str, list[list[int]]], engine: str) -> tuple[str, int] | None:
+    """(`engine`'s twin, on how many clips it kept the twin's tokens), or None if no twin ran."""
+    twin = TWINS.get(engine)
+    if twin not in tokens:
+        return None
+    return twin, sum(a == b for a, b in zip(tokens[engine], tokens[twin]))
+
+
 def _kept(tokens: dict[str, list[list[int]]], *engines: str) -> str:
     """'; <engine> keeps <twin>'s tokens on k/n' for those of `engines` whose twin ran."""
     out = ""
     for e in engines:
-        twin = TWINS.get(e)
-        if twin in tokens:
-            kept = sum(a == b for a, b in zip(tokens[e], tokens[twin]))
-            out += f"; {e} keeps {twin}'s tokens on {kept}/{len(tokens[e])}"
+        if found := _twin_kept(tokens, e):
+            out += f"; {e} keeps {found[0]}'s tokens on {found[1]}/{len(tokens[e])}"
     return out
 
 
@@ -510,13 +516,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for engine, secs in best.items():
         same = sum(a == b for a, b in zip(tokens[engine], tokens[ref_engine]))
-        twin = TWINS.get(engine)
-        kept = (
-            f"{sum(a == b for a, b in zip(tokens[engine], tokens[twin]))}/{len(tokens[engine])} "
-            f"({twin})"
-            if twin in tokens
-            else "-"
-        )
+        found = _twin_kept(tokens, engine)
+        kept = f"{found[1]}/{len(tokens[engine])} ({found[0]})" if found else "-"
         ratio = f"{best['hf'] / secs:.2f}x" if "hf" in best else "-"
         hyps = [s.tokenizer.decode(t) for t in tokens[engine]]
         n = sum(len(t) for t in tokens[engine])  # engines whose tokens differ differ in work

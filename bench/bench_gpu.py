@@ -102,14 +102,15 @@ def ours_step(base, cfg, slots: int, tokens: int, dtype: str):
     mesh = sharding.make_mesh(sharding.MeshConfig(data=1), devices=jax.devices()[:1])
     base_s = sharding.base_shardings(base, mesh)
     opt_cfg = optim.OptimConfig(name="adamw", learning_rate=LR)
-    programs = adapt.compile_programs(
+    compile_for = lambda shardings: adapt.compile_programs(
         lora=lora,
         config=steps.StepConfig(model=cfg, dtype=dtype),
         optimizer=opt_cfg,
         mesh=mesh,
-        base_shardings=base_s,
+        base_shardings=shardings,
         slots=slots,
     )
+    programs = compile_for(base_s)
     bank = jax.tree.map(lambda x: jnp.broadcast_to(x, (slots, *x.shape)), lora)
     opt = programs.init_opt(bank)
     data = _batch(cfg, (slots, 1, 1), tokens, seed=slots)
@@ -123,14 +124,7 @@ def ours_step(base, cfg, slots: int, tokens: int, dtype: str):
     # cost analysis, and a quantised base would add the dequantisation's multiplies).
     dense = jax.eval_shape(qtree.dequantize_tree, base)
     with limits.xla_only():
-        counting = adapt.compile_programs(
-            lora=lora,
-            config=steps.StepConfig(model=cfg, dtype=dtype),
-            optimizer=opt_cfg,
-            mesh=mesh,
-            base_shardings=sharding.base_shardings(dense, mesh),
-            slots=slots,
-        )
+        counting = compile_for(sharding.base_shardings(dense, mesh))
         flops = limits.flops(counting.step.lower(bank, opt, dense, *args[3:]))
 
     def run():

@@ -63,10 +63,7 @@ def measure(args) -> tuple[list[report.Row], list[str]]:
             times[name] += limits.seconds(lambda c=compiled, a=call: c(*a), 1)
     rate = statistics.median(rates)
     step = {k: statistics.median(v) for k, v in times.items()}
-    with limits.xla_only():  # the attention kernel's products counted too
-        counted = limits.flops(
-            bench_adapt_limit._program(base, cfg, args.slots, bench_adapt_limit.StepShape())[0]
-        )
+    counted = bench_adapt_limit.model_flops(base, cfg, args.slots, bench_adapt_limit.StepShape())
     flops = dict.fromkeys(programs, counted)  # the same model FLOPs, written two ways
     for k in programs:
         print(f"{k:8s}: {step[k]:.4f} s/step, {flops[k] / step[k] / rate:.1%} of matmul rate")
